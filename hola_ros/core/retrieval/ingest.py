@@ -1,0 +1,260 @@
+"""Files -> passages -> embeddings -> index directory.
+
+Sources: folders (recursively) or files of .txt / .md, and JSONL with a field selector
+(`"text"`, `"question,answer"` joins fields, `"meta.body"` reads nested objects). A source is
+identified by its resolved path; its sha256 (and the options it was read with) decide whether a
+re-ingest skips it (unchanged), replaces it (changed) or appends it (new).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .chunking import ChunkingConfig, chunk_text
+from .store import IndexStore, locked
+
+TEXT_EXTS = (".txt", ".md", ".markdown")
+JSONL_EXTS = (".jsonl",)
+
+
+class IngestError(ValueError):
+    """Input that cannot be indexed: missing paths, malformed files, empty corpora, mismatches."""
+
+
+@dataclass
+class Document:
+    text: str
+    source: str  # display name: file name, or file:line for JSONL records
+    markdown: bool = False
+
+
+@dataclass
+class IngestReport:
+    index_dir: str
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped_empty: list[str] = field(default_factory=list)
+    new_passages: int = 0
+    total_passages: int = 0
+    index_type: str = ""
+    embed_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.replaced or self.removed)
+
+
+def collect_files(paths) -> list[Path]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_EXTS + JSONL_EXTS
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            if p.suffix.lower() not in TEXT_EXTS + JSONL_EXTS:
+                raise IngestError(f"{p}: unsupported file type {p.suffix!r} (use .txt, .md or .jsonl)")
+            files.append(p)
+        else:
+            raise IngestError(f"{p}: no such file or directory")
+    return list(dict.fromkeys(f.resolve() for f in files))
+
+
+def _select(record: dict, selector: str, where: str) -> str:
+    parts = []
+    for name in (s.strip() for s in selector.split(",")):
+        value = record
+        for key in name.split("."):
+            if not isinstance(value, dict) or key not in value:
+                keys = ", ".join(sorted(record)) if isinstance(record, dict) else "-"
+                raise IngestError(f"{where}: field {name!r} not found (record keys: {keys})")
+            value = value[key]
+        if isinstance(value, (dict, list)) or value is None:
+            raise IngestError(f"{where}: field {name!r} is {type(value).__name__}, expected text or a number")
+        parts.append(str(value).strip())
+    return "\n".join(p for p in parts if p)
+
+
+def read_documents(path: Path, field: str = "text") -> list[Document]:
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if path.suffix.lower() in TEXT_EXTS:
+        return [Document(raw, path.name, markdown=path.suffix.lower() != ".txt")] if raw.strip() else []
+    docs = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise IngestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(record, dict):
+            raise IngestError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
+        text = _select(record, field, where)
+        if text:
+            docs.append(Document(text, f"{path.name}:{n}"))
+    return docs
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_info(path: Path, field: str) -> dict:
+    info = {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if path.suffix.lower() in JSONL_EXTS:
+        info["field"] = field
+    return info
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.get("sha256") == b.get("sha256") and a.get("field") == b.get("field")
+
+
+def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = None, field: str = "text",
+           index_type: str | None = None, prune: bool = False, rebuild: bool = False,
+           progress: bool = False, batch_size: int = 256) -> IngestReport:
+    """Build or update the index at `index_dir` from `paths`; idempotent for unchanged files.
+
+    prune: drop indexed sources that are not among `paths` any more (keeps a mirror of a folder).
+    rebuild: start from an empty index (needed to change the embedder or the chunking).
+    """
+    from tqdm.auto import tqdm
+
+    from .embedder import Embedder
+
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    files = collect_files(paths)
+    if not files:
+        raise IngestError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
+    if not isinstance(embedder, Embedder):
+        embedder = Embedder.shared(embedder)
+
+    with locked(index_dir):
+        if IndexStore.exists(index_dir) and not rebuild:
+            store = IndexStore.load(index_dir, mmap=False)
+            _check_compatible(store, embedder, chunking)
+            chunking = chunking or ChunkingConfig(**{k: v for k, v in store.manifest["chunking"].items() if k != "unit"})
+            if index_type:
+                store.manifest["index"]["requested"] = index_type
+        else:
+            chunking = chunking or ChunkingConfig()
+            store = IndexStore.create(index_dir, embedder.name, embedder.path, embedder.dim, chunking.as_dict(),
+                                      index_type or "auto")
+
+        report = IngestReport(str(index_dir))
+        todo: list[tuple[str, dict, list[dict]]] = []
+        for path in files:
+            key, info = str(path), _source_info(path, field)
+            old = store.sources.get(key)
+            if old and _same(old, info):
+                report.unchanged.append(key)
+                continue
+            passages = [{"text": c, "source": d.source, "chunk": i}
+                        for d in read_documents(path, field)
+                        for i, c in enumerate(chunk_text(d.text, chunking, markdown=d.markdown))]
+            if not passages:
+                report.skipped_empty.append(key)
+                continue
+            (report.replaced if old else report.added).append(key)
+            todo.append((key, info, passages))
+
+        if prune:
+            wanted = {str(f) for f in files}
+            report.removed = sorted(k for k in store.sources if k not in wanted)
+        store.remove_sources(report.replaced + report.removed)
+
+        texts = [p["text"] for _, _, ps in todo for p in ps]
+        vectors = np.zeros((0, embedder.dim), np.float32)
+        if texts:
+            t1 = time.perf_counter()
+            chunks = []
+            with tqdm(total=len(texts), desc="embedding", unit="passage", disable=not progress) as bar:
+                for i in range(0, len(texts), batch_size):
+                    chunks.append(embedder.encode(texts[i:i + batch_size]))
+                    bar.update(len(chunks[-1]))
+            vectors = np.concatenate(chunks)
+            report.embed_s = time.perf_counter() - t1
+        offset = 0
+        for key, info, passages in todo:
+            store.add_source(key, info, passages, vectors[offset:offset + len(passages)])
+            offset += len(passages)
+        report.new_passages = len(texts)
+
+        if len(store) == 0:
+            raise IngestError(f"empty corpus: no text found in {', '.join(map(str, paths))}"
+                              + (f" ({len(report.skipped_empty)} empty file(s))" if report.skipped_empty else ""))
+        if report.changed or rebuild or store.needs_save:
+            store.save()
+        report.total_passages = len(store)
+        report.index_type = store.manifest["index"]["type"]
+        report.total_s = time.perf_counter() - t0
+        return report
+
+
+def _check_compatible(store: IndexStore, embedder, chunking: ChunkingConfig | None) -> None:
+    em = store.manifest["embedding_model"]
+    if em["name"] != embedder.name or em["dim"] != embedder.dim:
+        raise IngestError(f"{store.path} was built with embedder {em['name']} (dim {em['dim']}), not "
+                          f"{embedder.name} (dim {embedder.dim}); use --rebuild to re-embed everything")
+    if chunking is not None:
+        built = {k: v for k, v in store.manifest["chunking"].items() if k != "unit"}
+        if built != {k: v for k, v in chunking.as_dict().items() if k != "unit"}:
+            raise IngestError(f"{store.path} was built with chunking {built}, not {chunking.as_dict()}; "
+                              "use --rebuild to re-chunk everything")
+
+
+# ---- the packaged demo knowledge base
+def demo_kb_dir() -> Path:
+    """data/kb in a source checkout, else share/hola_ros/data/kb of the install prefix."""
+    env = os.environ.get("HOLA_ROS_KB")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[3] / "data" / "kb"]
+    candidates += [Path(sys.prefix) / "share" / "hola_ros" / "data" / "kb"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError("demo knowledge base not found (looked in " + ", ".join(map(str, candidates)) + ")")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("HOLA_ROS_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "hola_ros") / "index"
+
+
+def _is_current(index_dir: Path, files: list[Path]) -> bool:
+    try:
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    sources = manifest.get("sources", {})
+    return set(sources) == {str(f) for f in files} and all(
+        sources[str(f)].get("sha256") == sha256_file(f) for f in files)
+
+
+def default_index_dir(embedder: str | os.PathLike | None = None) -> Path:
+    """The demo KB's index, (re)built into the cache when missing or stale (hashes only when current)."""
+    kb = demo_kb_dir()
+    files = collect_files([kb])
+    key = hashlib.sha256(f"{kb}|{embedder or ''}".encode()).hexdigest()[:12]
+    index_dir = cache_dir() / f"demo-kb-{key}"
+    if not _is_current(index_dir, files):
+        ingest(index_dir, [kb], embedder=embedder, prune=True)
+    return index_dir
