@@ -1,0 +1,1 @@
+"""The engine: models, drafters, HSD loop, LoBi, retrieval. No ROS imports here."""

@@ -1,0 +1,76 @@
+"""One request end to end, whatever the transport: retrieval decision, prompt, generation.
+
+The verifier node runs this with ROS clients as `drafter` / `retrieve`; the CLI and the
+benchmarks run it with in-process ones, so both paths share every step.
+"""
+import math
+import time
+
+from hola_ros.core.hsd import GenerationConfig, generate
+from hola_ros.core.requests import GenerationRequest
+from hola_ros.core.retrieval.adacomp import compose_messages, gather_context
+from hola_ros.core.scheduler import Outcome
+
+FOLLOW_UP_TOKENS = 32
+
+
+def follow_up_query(target, question: str, passages) -> str:
+    """Level 2: the target writes the search query for what the first passages did not cover."""
+    known = "\n".join(f"- {p.text[:300]}" for p in passages[:3]) or "- nothing yet"
+    messages = [{"role": "user", "content":
+                 f"Question: {question}\nFound so far:\n{known}\n"
+                 "Write one short search query for the information still missing. Reply with the query only."}]
+    result = generate(target, target.chat_ids(messages), GenerationConfig(max_new_tokens=FOLLOW_UP_TOKENS, mode="ar"),
+                      drafter=None, request_id="follow-up")
+    lines = [line.strip() for line in result.text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else question
+
+
+def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
+           should_stop=None, generation_options: dict | None = None) -> Outcome:
+    """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
+    without retrieval, flagged. `drafter` failures are handled inside generate() the same way."""
+    started = time.monotonic()
+    stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
+             "sources": [], "flags": [], "degraded": False}
+    passages = []
+    if request.retrieval_mode != "off":
+        if retrieve is None:
+            if request.retrieval_mode != "auto":
+                stats["flags"].append("retriever_unavailable")
+                stats["degraded"] = True
+        else:
+            try:
+                decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
+                                          follow_up=lambda q, found: follow_up_query(target, q, found))
+            except Exception as exc:  # retriever down or failing: answer without it
+                stats["flags"].append("retriever_unavailable")
+                stats["degraded"] = True
+                stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
+            else:
+                passages = decision.passages
+                stats.update(retrieval_level=decision.level, complexity_score=decision.score,
+                             retrievals=decision.retrievals, context_tokens=decision.context_tokens,
+                             sources=[{"text": p.text, "source": p.source, "score": p.score} for p in passages],
+                             retrieval_detail=decision.detail)
+    stats["retrieval_s"] = time.monotonic() - started
+
+    messages = compose_messages(request.prompt, passages) if passages else [{"role": "user", "content": request.prompt}]
+    prompt_ids = target.chat_ids(messages)
+    if len(prompt_ids) + request.max_new_tokens > target.context_length:
+        return Outcome(False, f"prompt is {len(prompt_ids)} tokens (retrieved context included); with "
+                              f"max_new_tokens {request.max_new_tokens} that exceeds the model's context of "
+                              f"{target.context_length} tokens", stats={**stats, "stop_reason": "error"})
+
+    config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                              top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=request.stop,
+                              mode=request.decoding_mode, **(generation_options or {}))
+    result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
+                      request_id=request.request_id, on_block=on_block, should_stop=should_stop)
+    flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
+    stats.update(result.stats)
+    stats.update(flags=flags, degraded=bool(stats["degraded"] or result.stats.get("degraded")),
+                 stop_reason=result.stop_reason)
+    if result.stop_reason == "cancelled":
+        return Outcome(False, "cancelled", text=result.text, stats=stats)
+    return Outcome(True, text=result.text, stats=stats)

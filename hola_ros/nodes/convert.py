@@ -1,0 +1,47 @@
+"""Between engine data (plain dicts) and hola_ros messages."""
+import array
+import json
+import math
+
+from hola_ros.msg import GenerationStats, Passage
+
+
+def stats_to_msg(stats: dict) -> GenerationStats:
+    """Typed fields of GenerationStats from the engine's stats dict; the rest goes to detail_json."""
+    msg = GenerationStats(retrieval_level=-1, complexity_score=math.nan)
+    fields = msg.get_fields_and_field_types()
+    rest = {}
+    for key, value in stats.items():
+        if key == "sources":
+            msg.sources = [Passage(text=str(p.get("text", "")), source=str(p.get("source", "")),
+                                   score=float(p.get("score", 0.0))) for p in value]
+        elif key in fields and key != "detail_json":
+            current = getattr(msg, key)
+            if isinstance(current, list):
+                setattr(msg, key, [str(v) for v in value])
+            elif value is not None:
+                setattr(msg, key, type(current)(value))
+        else:
+            rest[key] = value
+    msg.detail_json = json.dumps(rest, default=str, sort_keys=True)
+    return msg
+
+
+def msg_to_dict(msg):
+    """Any ROS message as plain JSON-ready data; detail_json strings are parsed back."""
+    if hasattr(msg, "get_fields_and_field_types"):
+        out = {}
+        for name in msg.get_fields_and_field_types():
+            value = getattr(msg, name)
+            if name == "detail_json":
+                out["detail"] = json.loads(value) if value else {}
+            else:
+                out[name] = msg_to_dict(value)
+        return out
+    if isinstance(msg, (list, tuple, array.array)):
+        return [msg_to_dict(v) for v in msg]
+    if hasattr(msg, "tolist"):
+        return msg.tolist()
+    if isinstance(msg, float) and not math.isfinite(msg):
+        return None
+    return msg

