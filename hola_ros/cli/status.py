@@ -1,0 +1,51 @@
+"""hola-ros status: the graph's nodes as their telemetry reports them."""
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("status", help="show each node's state and resources from /hola/telemetry")
+    parser.add_argument("--config", help="graph YAML whose nodes to expect (default: the package's)")
+    parser.add_argument("--wait", action="store_true", help="wait until every node of the graph is active")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to listen / wait (default 10)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+    import os
+    import time
+
+    import rclpy
+
+    from hola_ros.graph import load_graph
+    from hola_ros.msg import Telemetry
+    from hola_ros.nodes.convert import msg_to_dict
+
+    expected = {n.name for n in load_graph(args.config).nodes}
+    rclpy.init()
+    node = rclpy.create_node(f"hola_status_{os.getpid()}")
+    latest: dict[str, Telemetry] = {}
+    node.create_subscription(Telemetry, "/hola/telemetry", lambda m: latest.__setitem__(m.node, m), 50)
+
+    def ready() -> bool:
+        return all(name in latest and latest[name].state == "active" for name in expected)
+
+    deadline = time.monotonic() + args.timeout
+    try:
+        while time.monotonic() < deadline and not (args.wait and ready()):
+            rclpy.spin_once(node, timeout_sec=0.1)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if args.json:
+        print(json.dumps({name: msg_to_dict(m) for name, m in sorted(latest.items())}))
+    else:
+        print(f"{'node':<18}{'state':<12}{'cpu %':>7}{'rss MB':>9}{'tok/s':>8}{'queue':>7}{'served':>8}")
+        for name in sorted(expected | set(latest)):
+            m = latest.get(name)
+            if m is None:
+                print(f"{name:<18}{'(silent)':<12}")
+            else:
+                print(f"{name:<18}{m.state:<12}{m.cpu_percent:>7.0f}{m.rss_bytes / 2**20:>9.0f}"
+                      f"{m.tokens_per_s:>8.1f}{m.queue_depth:>7}{m.requests_served:>8}")
+    return 0 if ready() or not args.wait else 1
