@@ -8,7 +8,7 @@ import time
 
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
-from hola_ros.core.retrieval.adacomp import compose_messages, gather_context
+from hola_ros.core.retrieval.adacomp import compose_messages, follow_up_messages, gather_context
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -16,13 +16,10 @@ FOLLOW_UP_TOKENS = 32
 
 def follow_up_query(target, question: str, passages) -> str:
     """Level 2: the target writes the search query for what the first passages did not cover."""
-    known = "\n".join(f"- {p.text[:300]}" for p in passages[:3]) or "- nothing yet"
-    messages = [{"role": "user", "content":
-                 f"Question: {question}\nFound so far:\n{known}\n"
-                 "Write one short search query for the information still missing. Reply with the query only."}]
-    result = generate(target, target.chat_ids(messages), GenerationConfig(max_new_tokens=FOLLOW_UP_TOKENS, mode="ar"),
+    prompt_ids = target.chat_ids(follow_up_messages(question, passages))
+    result = generate(target, prompt_ids, GenerationConfig(max_new_tokens=FOLLOW_UP_TOKENS, mode="ar"),
                       drafter=None, request_id="follow-up")
-    lines = [line.strip() for line in result.text.strip().splitlines() if line.strip()]
+    lines = [line.strip().strip('"') for line in result.text.strip().splitlines() if line.strip()]
     return lines[0] if lines else question
 
 

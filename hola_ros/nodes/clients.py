@@ -93,7 +93,7 @@ class RemoteRetriever:
         if not response.success:
             raise RetrieverUnavailable(f"retriever error: {response.error}")
         return RetrievalDecision(level=int(response.level), score=float(response.complexity_score),
-                                 passages=[Passage(text=p.text, source=p.source, score=float(p.score))
+                                 passages=[Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens))
                                            for p in response.passages],
-                                 context_tokens=int(response.context_tokens), retrievals=1,
+                                 context_tokens=int(response.context_tokens), retrievals=int(response.retrievals),
                                  detail=json.loads(response.detail_json) if response.detail_json else {})

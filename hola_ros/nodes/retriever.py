@@ -80,8 +80,9 @@ class RetrieverNode(HolaNode):
         self._served += 1
         response.success, response.level = True, int(decision.level)
         response.complexity_score = float(decision.score) if decision.score is not None else math.nan
-        response.passages = [Passage(text=p.text, source=p.source, score=float(p.score)) for p in decision.passages]
-        response.context_tokens = int(decision.context_tokens)
+        response.passages = [Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens))
+                             for p in decision.passages]
+        response.context_tokens, response.retrievals = int(decision.context_tokens), int(decision.retrievals)
         response.detail_json = json.dumps(decision.detail, default=str)
         return response
 
