@@ -51,7 +51,8 @@ class RetrieverNode(HolaNode):
         from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
 
         gate = self.param("gate_model")
-        model = load_model(gate, dtype=self.param("dtype"), threads=self.param("threads")) if gate else None
+        # the gate differentiates through the model: plain nn.Linear, not the packed inference kernels
+        model = load_model(gate, dtype=self.param("dtype"), threads=self.param("threads"), packed=False) if gate else None
         self._retriever = AdaCompRetriever(
             Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(),
             embedder=self.param("embedder") or None, gate_model=model,

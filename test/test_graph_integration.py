@@ -1,0 +1,138 @@
+"""The real three-process graph on the default offline model: ask, stream, telemetry, action
+with feedback and cancel, bad input, clean shutdown."""
+import json
+import threading
+import time
+
+import psutil
+import pytest
+from graph_harness import Graph, wait_future
+
+pytestmark = pytest.mark.slow
+
+PARAMS = """
+/**:
+  ros__parameters:
+    telemetry_rate_hz: 4.0
+"""
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    g = Graph(tmp_path_factory.mktemp("graph"), PARAMS)
+    try:
+        g.wait_active()
+        yield g
+    finally:
+        pids = list(g.node_pids().values())
+        code = g.stop()
+        time.sleep(0.5)
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert code == 0 and not alive, f"unclean shutdown: code {code}, alive {alive}\n{g.log_text()[-3000:]}"
+
+
+def collect(graph, msg_type, topic, qos=10):
+    got = []
+    sub = graph.node.create_subscription(msg_type, topic, got.append, qos)
+    return got, sub
+
+
+def test_ask_cli_streams_the_answer_and_prints_json(graph):
+    result = graph.cli("ask", "Where does the robot go to charge its battery?", "--json", "--max-new-tokens", "48")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["success"] and out["error"] == "" and out["text"].strip()
+    assert out["chunks"] >= 2  # at least one text chunk and the final one
+    stats = out["stats"]
+    assert 0 < stats["new_tokens"] <= 48 and stats["decoding_mode"] == "hsd" and stats["target_forwards"] >= 1
+    assert not stats["degraded"] and stats["retrieval_level"] in (0, 1, 2)
+    assert stats["tokens_per_s"] > 0 and stats["total_s"] >= stats["queue_s"] >= 0
+
+
+def test_service_answer_equals_streamed_chunks(graph):
+    from hola_ros.msg import ResponseChunk
+    from hola_ros.nodes.verifier import RESPONSE_QOS
+    from hola_ros.srv import Ask
+
+    chunks, sub = collect(graph, ResponseChunk, "/hola/response", RESPONSE_QOS)
+    client = graph.node.create_client(Ask, "/hola/ask")
+    assert client.wait_for_service(timeout_sec=30)
+    time.sleep(1.5)  # let the new subscription match the verifier's publisher
+    response = wait_future(client.call_async(Ask.Request(
+        prompt="List two safety rules for working near the robot.", request_id="stream-check",
+        max_new_tokens=40, retrieval_mode="off", decoding_mode="ar")), 300)
+    deadline = time.monotonic() + 5
+    while not any(c.done and c.request_id == "stream-check" for c in chunks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mine = [c for c in chunks if c.request_id == "stream-check"]
+    assert response.success and response.request_id == "stream-check"
+    assert [c.sequence for c in mine] == list(range(len(mine))) and mine[-1].done and mine[-1].success
+    assert sum(c.done for c in mine) == 1
+    assert "".join(c.text_delta for c in mine) == response.text
+    assert mine[-1].stats.new_tokens == response.stats.new_tokens and response.stats.decoding_mode == "ar"
+    assert response.stats.retrieval_level == -1  # retrieval off: not attempted
+    graph.node.destroy_subscription(sub)
+
+
+def test_bad_requests_get_clear_errors_and_the_graph_keeps_serving(graph):
+    from hola_ros.srv import Ask
+
+    client = graph.node.create_client(Ask, "/hola/ask")
+    assert client.wait_for_service(timeout_sec=30)
+    cases = [(dict(prompt="   "), "prompt is empty"), (dict(prompt="hi", top_p=0.0), "top_p"),
+             (dict(prompt="hi", retrieval_mode="maybe"), "unknown retrieval_mode"),
+             (dict(prompt="hi", max_new_tokens=0), "max_new_tokens is 0")]
+    for fields, words in cases:
+        response = wait_future(client.call_async(Ask.Request(**fields)), 30)
+        assert not response.success and words in response.error, (fields, response.error)
+    ok = wait_future(client.call_async(Ask.Request(prompt="Say hello.", max_new_tokens=8, retrieval_mode="off")), 300)
+    assert ok.success and ok.stats.new_tokens >= 1
+
+
+def test_every_node_publishes_telemetry_and_diagnostics(graph):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from hola_ros.msg import Telemetry
+
+    telemetry, sub1 = collect(graph, Telemetry, "/hola/telemetry")
+    diagnostics, sub2 = collect(graph, DiagnosticArray, "/diagnostics")
+    time.sleep(3.0)
+    by_node = {m.node: m for m in telemetry}
+    assert set(by_node) >= {"hola_retriever", "hola_drafter", "hola_verifier"}, set(by_node)
+    for m in by_node.values():
+        assert m.state == "active" and m.rss_bytes > 50 * 2**20 and m.gpu_source in ("none", "nvml", "jtop")
+    assert by_node["hola_verifier"].requests_served >= 1  # earlier tests in this module asked
+    names = {s.name for d in diagnostics for s in d.status}
+    assert {"hola_ros: hola_verifier", "hola_ros: hola_drafter", "hola_ros: hola_retriever"} <= names
+    graph.node.destroy_subscription(sub1)
+    graph.node.destroy_subscription(sub2)
+
+
+def test_action_streams_feedback_and_can_be_cancelled(graph):
+    from action_msgs.msg import GoalStatus
+    from rclpy.action import ActionClient
+
+    from hola_ros.action import Generate
+
+    client = ActionClient(graph.node, Generate, "/hola/generate")
+    assert client.wait_for_server(timeout_sec=30)
+
+    feedback = []
+    goal = Generate.Goal(prompt="Describe the robot's daily maintenance routine.", max_new_tokens=24,
+                         retrieval_mode="off")
+    handle = wait_future(client.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback)), 30)
+    assert handle.accepted
+    result = wait_future(handle.get_result_async(), 300)
+    assert result.status == GoalStatus.STATUS_SUCCEEDED and result.result.success
+    assert feedback and "".join(f.text_delta for f in feedback) == result.result.text
+    assert feedback[-1].new_tokens == result.result.stats.new_tokens
+
+    first_block = threading.Event()
+    long_goal = Generate.Goal(prompt="Write a very long story about a warehouse robot.", max_new_tokens=600,
+                              retrieval_mode="off", decoding_mode="ar")
+    handle = wait_future(client.send_goal_async(long_goal, feedback_callback=lambda f: first_block.set()), 30)
+    assert first_block.wait(120), "no feedback before cancel"
+    wait_future(handle.cancel_goal_async(), 30)
+    result = wait_future(handle.get_result_async(), 120)
+    assert result.status == GoalStatus.STATUS_CANCELED
+    assert result.result.stats.stop_reason == "cancelled" and 0 < result.result.stats.new_tokens < 600
