@@ -22,6 +22,23 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
+class Watch:
+    """True once `condition` has held continuously for grace_s (discovery can flicker)."""
+
+    def __init__(self, condition, grace_s: float):
+        import time
+
+        self._condition, self._grace_s, self._clock = condition, grace_s, time.monotonic
+        self._since = None
+
+    def __call__(self) -> bool:
+        if not self._condition():
+            self._since = None
+            return False
+        self._since = self._since or self._clock()
+        return self._clock() - self._since >= self._grace_s
+
+
 def run(args) -> int:
     import json
     import os
@@ -81,9 +98,13 @@ def run(args) -> int:
                 prompt=args.text, request_id=request_id, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                 retrieval_mode=args.retrieval, decoding_mode=args.mode))
-            if not spin_until(future.done, deadline):
+            # a verifier that dies mid-request never answers: notice it leaving the graph
+            gone = Watch(lambda: not client.service_is_ready(), grace_s=3.0)
+            if not spin_until(lambda: future.done() or gone(), deadline):
                 result["error"] = f"no answer within {args.timeout:.0f} s"
                 code = EXIT_TIMEOUT
+            elif not future.done():
+                result["error"] = "the verifier went away before answering (node restarted or stopped)"
             else:
                 response = future.result()
                 if response.success or deltas:  # accepted requests end with a final chunk
