@@ -25,16 +25,15 @@ class Graph:
 
 
 def config_dir() -> Path:
-    """config/ of a source checkout, else share/hola_ros/config of the install prefix."""
-    source = Path(__file__).resolve().parent.parent / "config"
-    if (source / "graph.yaml").is_file():
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("hola_ros")) / "config"
-    except Exception:  # no ament_index_python on pip-only machines
-        return Path(sys.prefix) / "share" / "hola_ros" / "config"
+    """config/ of a source checkout, else share/hola_ros/config of the first install prefix
+    (AMENT_PREFIX_PATH, as ament_index resolves it, then this Python's prefix) that has it."""
+    candidates = [Path(__file__).resolve().parent.parent]
+    candidates += [Path(p) / "share" / "hola_ros" for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates.append(Path(sys.prefix) / "share" / "hola_ros")
+    for base in candidates:
+        if (base / "config" / "graph.yaml").is_file():
+            return base / "config"
+    raise FileNotFoundError("hola_ros config/graph.yaml not found in the source tree or any install prefix")
 
 
 def load_graph(path: str | os.PathLike | None = None) -> Graph:
