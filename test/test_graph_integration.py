@@ -136,3 +136,80 @@ def test_action_streams_feedback_and_can_be_cancelled(graph):
     result = wait_future(handle.get_result_async(), 120)
     assert result.status == GoalStatus.STATUS_CANCELED
     assert result.result.stats.stop_reason == "cancelled" and 0 < result.result.stats.new_tokens < 600
+
+
+def change_state(graph, node_name: str, transition_id: int) -> bool:
+    from lifecycle_msgs.srv import ChangeState
+
+    client = graph.node.create_client(ChangeState, f"/{node_name}/change_state")
+    assert client.wait_for_service(timeout_sec=30)
+    request = ChangeState.Request()
+    request.transition.id = transition_id
+    return wait_future(client.call_async(request), 120).success
+
+
+def ask(graph, **fields):
+    from hola_ros.srv import Ask
+
+    client = graph.node.create_client(Ask, "/hola/ask")
+    assert client.wait_for_service(timeout_sec=60)
+    return wait_future(client.call_async(Ask.Request(**fields)), 300)
+
+
+def wait_for_service(graph, srv_type, name, timeout=120):
+    client = graph.node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"{name} did not come back"
+
+
+def test_lifecycle_deactivate_frees_and_degrades_then_activate_restores(graph):
+    from lifecycle_msgs.msg import Transition
+
+    from hola_ros.srv import Draft
+
+    prompt = dict(prompt="Repeat exactly: the dock is in zone B, the dock is in zone B.", max_new_tokens=24,
+                  retrieval_mode="off")
+    assert change_state(graph, "hola_drafter", Transition.TRANSITION_DEACTIVATE)
+    without = ask(graph, **prompt)
+    assert without.success and without.stats.degraded and "drafter_unavailable" in without.stats.flags
+
+    assert change_state(graph, "hola_drafter", Transition.TRANSITION_ACTIVATE)
+    wait_for_service(graph, Draft, "/hola/draft")
+    back = ask(graph, **prompt)
+    assert back.success and not back.stats.degraded and back.stats.decoding_mode == "hsd"
+    assert back.text == without.text  # lossless: the same greedy answer with or without drafts
+
+    assert change_state(graph, "hola_retriever", Transition.TRANSITION_DEACTIVATE)
+    no_rag = ask(graph, prompt="What does error E-305 mean?", max_new_tokens=8, retrieval_mode="single")
+    assert no_rag.success and no_rag.stats.degraded and "retriever_unavailable" in no_rag.stats.flags
+    assert change_state(graph, "hola_retriever", Transition.TRANSITION_ACTIVATE)
+
+
+def test_drafter_killed_mid_generation_answer_still_arrives_and_hsd_resumes_after_respawn(graph):
+    import os
+    import signal
+
+    from rclpy.action import ActionClient
+
+    from hola_ros.action import Generate
+    from hola_ros.srv import Draft
+
+    drafter_pid = graph.node_pids()["hola_drafter"]
+    client = ActionClient(graph.node, Generate, "/hola/generate")
+    assert client.wait_for_server(timeout_sec=30)
+    blocks = threading.Event()
+    goal = Generate.Goal(prompt="Write a long list of numbered safety rules for a warehouse robot.",
+                         max_new_tokens=160, retrieval_mode="off")
+    handle = wait_future(client.send_goal_async(goal, feedback_callback=lambda f: blocks.set()), 30)
+    assert blocks.wait(120)
+    os.kill(drafter_pid, signal.SIGKILL)
+    result = wait_future(handle.get_result_async(), 300).result
+    assert result.success and result.stats.new_tokens > 0
+    assert result.stats.degraded and "drafter_unavailable" in result.stats.flags
+
+    deadline = time.monotonic() + 120
+    while graph.node_pids().get("hola_drafter") in (None, drafter_pid):
+        assert time.monotonic() < deadline, "drafter was not respawned"
+        time.sleep(0.5)
+    wait_for_service(graph, Draft, "/hola/draft")
+    again = ask(graph, prompt="Say hello to the operator.", max_new_tokens=12, retrieval_mode="off")
+    assert again.success and not again.stats.degraded and again.stats.decoding_mode == "hsd"
