@@ -6,7 +6,8 @@ import time
 
 import psutil
 import pytest
-from graph_harness import Graph, wait_future
+
+from hola_ros.local_graph import LocalGraph, wait_future
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ PARAMS = """
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    g = Graph(tmp_path_factory.mktemp("graph"), PARAMS)
+    g = LocalGraph(tmp_path_factory.mktemp("graph"), PARAMS)
     try:
         g.wait_active()
         yield g
@@ -174,6 +175,7 @@ def test_lifecycle_deactivate_frees_and_degrades_then_activate_restores(graph):
 
     assert change_state(graph, "hola_drafter", Transition.TRANSITION_ACTIVATE)
     wait_for_service(graph, Draft, "/hola/draft")
+    time.sleep(2.0)  # the verifier's own client discovers the service independently of ours
     back = ask(graph, **prompt)
     assert back.success and not back.stats.degraded and back.stats.decoding_mode == "hsd"
     assert back.text == without.text  # lossless: the same greedy answer with or without drafts
@@ -211,5 +213,6 @@ def test_drafter_killed_mid_generation_answer_still_arrives_and_hsd_resumes_afte
         assert time.monotonic() < deadline, "drafter was not respawned"
         time.sleep(0.5)
     wait_for_service(graph, Draft, "/hola/draft")
+    time.sleep(2.0)  # the verifier's own client discovers the service independently of ours
     again = ask(graph, prompt="Say hello to the operator.", max_new_tokens=12, retrieval_mode="off")
     assert again.success and not again.stats.degraded and again.stats.decoding_mode == "hsd"

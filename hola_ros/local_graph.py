@@ -1,4 +1,5 @@
-"""Start the real node graph (`hola-ros up`) in an isolated ROS domain, and talk to it."""
+"""Run the node graph (`hola-ros up`) as a subprocess in an isolated local ROS domain, with an
+rclpy node in this process to talk to it: for tests and benchmarks."""
 import json
 import os
 import signal
@@ -10,69 +11,78 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def isolated_env(log_dir: Path) -> dict:
+def isolated_env(log_dir: Path, domain_id: int | None = None) -> dict:
     env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(100 + os.getpid() % 100), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_LOG_DIR=str(log_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p))
+    env.update(ROS_DOMAIN_ID=str(domain_id if domain_id is not None else 100 + os.getpid() % 100),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(log_dir), HF_HUB_OFFLINE="1",
+               PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if p))
     return env
 
 
-class Graph:
-    """`hola-ros up` as a subprocess plus an rclpy node in this process (own context)."""
+def wait_future(future, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not future.done():
+        if time.monotonic() > deadline:
+            raise TimeoutError("no answer in time")
+        time.sleep(0.005)
+    return future.result()
 
-    def __init__(self, tmp: Path, params: str = ""):
+
+class LocalGraph:
+    """`hola-ros up --params <params>` in a work dir, plus `self.node` (spun in a thread)."""
+
+    def __init__(self, work_dir: Path, params: str = "", domain_id: int | None = None):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        self.tmp = tmp
-        self.env = isolated_env(tmp / "ros_log")
+        self.work_dir = Path(work_dir)
+        self.env = isolated_env(self.work_dir / "ros_log", domain_id)
+        # this process joins the same isolated domain
         os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-        extra = tmp / "test_params.yaml"
+        extra = self.work_dir / "params.yaml"
         extra.write_text(params or "{}\n")
-        self.log = open(tmp / "graph.log", "w")
+        self._log_path = self.work_dir / "graph.log"
+        self._log = open(self._log_path, "w")
         self.up = subprocess.Popen([sys.executable, "-m", "hola_ros.cli", "up", "--params", str(extra)],
-                                   env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                   env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=SOURCE_ROOT,
                                    start_new_session=True)
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("hola_test_client", context=self.context)
+        self.node = rclpy.create_node("hola_local_client", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._spin = threading.Thread(target=self._spin_forever, daemon=True)
-        self._spin.start()
+        threading.Thread(target=self._spin, daemon=True).start()
 
-    def _spin_forever(self):
+    def _spin(self):
         try:
             self.executor.spin()
-        except Exception:  # context shut down at teardown
+        except Exception:  # the context shuts down at stop()
             pass
 
     def log_text(self) -> str:
-        self.log.flush()
-        return (self.tmp / "graph.log").read_text()
+        self._log.flush()
+        return self._log_path.read_text()
 
     def node_pids(self) -> dict[str, int]:
         """Node name -> pid of the node processes the runner started."""
         out = {}
         for child in psutil.Process(self.up.pid).children():
             try:
-                cmd = child.cmdline()
+                names = [a.split("=", 1)[1] for a in child.cmdline() if a.startswith("__node:=")]
             except psutil.Error:
                 continue
-            for arg in cmd:
-                if arg.startswith("__node:="):
-                    out[arg.split("=", 1)[1]] = child.pid
+            out.update({name: child.pid for name in names})
         return out
 
     def cli(self, *args, timeout=300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hola_ros.cli", *args], env=self.env, cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "hola_ros.cli", *args], env=self.env, cwd=SOURCE_ROOT,
                               capture_output=True, text=True, timeout=timeout)
 
-    def wait_active(self, timeout=600):
+    def wait_active(self, timeout=600) -> dict:
         result = self.cli("status", "--wait", "--json", "--timeout", str(timeout), timeout=timeout + 30)
         if result.returncode != 0:
             raise RuntimeError(f"graph not active:\n{result.stdout}\n{result.stderr}\n--- graph log ---\n"
@@ -94,14 +104,5 @@ class Graph:
             self.executor.shutdown(timeout_sec=2)
             self.node.destroy_node()
             rclpy.try_shutdown(context=self.context)
-            self.log.close()
+            self._log.close()
         return code
-
-
-def wait_future(future, timeout: float):
-    deadline = time.monotonic() + timeout
-    while not future.done():
-        if time.monotonic() > deadline:
-            raise TimeoutError("no answer in time")
-        time.sleep(0.02)
-    return future.result()
