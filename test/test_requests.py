@@ -48,3 +48,19 @@ def test_fields_kept():
 def test_invalid_requests_say_why(overrides, words):
     with pytest.raises(RequestError, match=words):
         validate_request(msg(**overrides), Limits(max_prompt_bytes=64))
+
+
+def test_invalid_utf8_from_a_byte_level_client_is_refused():
+    """Corrupt the prompt's bytes inside a serialized Ask request (what a C/C++ client could
+    send), deserialize it the way the verifier's rclpy does, and validate it."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from hola_ros.srv import Ask
+
+    wire = bytearray(serialize_message(Ask.Request(prompt="go to dock Z")))
+    at = wire.index(b"dock Z")
+    wire[at + 5] = 0xFF  # 'Z' -> a byte that is never valid UTF-8
+    request = deserialize_message(bytes(wire), Ask.Request)
+    assert request.prompt.startswith("go to dock")
+    with pytest.raises(RequestError, match="not valid UTF-8"):
+        validate_request(request, Limits())

@@ -41,6 +41,9 @@ def validate_request(msg, limits: Limits) -> GenerationRequest:
         raise RequestError("prompt is empty")
     if "\x00" in prompt:
         raise RequestError("prompt contains a NUL character")
+    if "\ufffd" in prompt:
+        # ROS decodes invalid UTF-8 from byte-level clients to U+FFFD: refuse rather than guess
+        raise RequestError("prompt is not valid UTF-8 (it contains U+FFFD replacement characters)")
     size = len(prompt.encode("utf-8", errors="surrogatepass"))
     if size > limits.max_prompt_bytes:
         raise RequestError(f"prompt is {size} bytes, above the limit of {limits.max_prompt_bytes} (parameter max_prompt_bytes)")

@@ -14,7 +14,7 @@ from hola_ros.msg import ResponseChunk
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.nodes.clients import ClientNode, RemoteDrafter, RemoteRetriever
 from hola_ros.nodes.convert import stats_to_msg
-from hola_ros.srv import Ask
+from hola_ros.srv import Ask, Cancel
 
 PARAMS = {
     "model": "smollm2-135m-instruct",   # default name | HF model dir | .gguf path
@@ -44,6 +44,9 @@ CHECKS = {
     "entropy_gate_tau": (lambda v: v >= 0, "must be >= 0"),
 }
 RESPONSE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+# a burst of callers must queue in DDS until an executor thread takes each request (then the
+# scheduler answers "busy"): the default depth of 10 would drop requests silently
+REQUEST_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class VerifierNode(HolaNode):
@@ -51,7 +54,7 @@ class VerifierNode(HolaNode):
         super().__init__("hola_verifier", PARAMS, CHECKS)
         self._response_pub = self.create_publisher(ResponseChunk, "/hola/response", RESPONSE_QOS)
         self._model = self._scheduler = self._clients = None
-        self._ask_srv = self._action = None
+        self._ask_srv = self._cancel_srv = self._action = None
         self._invalid = 0
         self._last = {"tokens_per_s": 0.0, "acceptance_rate": 0.0}
 
@@ -74,7 +77,10 @@ class VerifierNode(HolaNode):
         self._scheduler = Scheduler(self._handle, self.param("queue_size"), self.param("concurrency"),
                                     on_finished=self._finished)
         group = ReentrantCallbackGroup()
-        self._ask_srv = self.create_service(Ask, "/hola/ask", self._on_ask, callback_group=group)
+        self._ask_srv = self.create_service(Ask, "/hola/ask", self._on_ask, qos_profile=REQUEST_QOS,
+                                            callback_group=group)
+        self._cancel_srv = self.create_service(Cancel, "/hola/cancel", self._on_cancel, qos_profile=REQUEST_QOS,
+                                               callback_group=group)
         self._action = ActionServer(self, Generate, "/hola/generate", execute_callback=self._on_goal,
                                     goal_callback=lambda _goal: GoalResponse.ACCEPT,
                                     cancel_callback=lambda _handle: CancelResponse.ACCEPT, callback_group=group)
@@ -82,13 +88,14 @@ class VerifierNode(HolaNode):
     def deactivate_resources(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop("the verifier is shutting down; request not served")
-        if self._ask_srv is not None:
-            self.destroy_service(self._ask_srv)
+        for service in (self._ask_srv, self._cancel_srv):
+            if service is not None:
+                self.destroy_service(service)
         if self._action is not None:
             self._action.destroy()
         if self._clients is not None:
             self._clients.close()
-        self._model = self._scheduler = self._clients = self._ask_srv = self._action = None
+        self._model = self._scheduler = self._clients = self._ask_srv = self._cancel_srv = self._action = None
         gc.collect()
 
     # -- requests ---------------------------------------------------------------------------
@@ -96,6 +103,16 @@ class VerifierNode(HolaNode):
         outcome, request_id = self._serve(request)
         response.success, response.error, response.request_id = outcome.success, outcome.error, request_id
         response.text, response.stats = outcome.text, stats_to_msg(outcome.stats)
+        return response
+
+    def _on_cancel(self, request, response):
+        scheduler = self._scheduler
+        if scheduler is None:
+            response.success, response.error = False, "the verifier is not active"
+        elif scheduler.cancel(request.request_id):
+            response.success = True
+        else:
+            response.success, response.error = False, f"no request with id {request.request_id!r} is queued or running"
         return response
 
     def _on_goal(self, goal_handle):
