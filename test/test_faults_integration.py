@@ -1,0 +1,131 @@
+"""Faults and load on the real node graph: a burst beyond the queue, cancel by id, invalid
+run-time parameters, and the verifier killed under a waiting client."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from hola_ros.local_graph import LocalGraph, wait_future
+
+pytestmark = pytest.mark.slow
+
+QUEUE_SIZE = 4
+PARAMS = f"""
+hola_verifier:
+  ros__parameters:
+    queue_size: {QUEUE_SIZE}
+    concurrency: 1
+hola_retriever:
+  ros__parameters:
+    gate_model: ""
+"""
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    g = LocalGraph(tmp_path_factory.mktemp("faults"), PARAMS)
+    try:
+        g.wait_active()
+        yield g
+    finally:
+        assert g.stop() == 0, g.log_text()[-3000:]
+
+
+def test_burst_of_50_requests_every_one_answered_accepted_ones_streamed(graph):
+    from rclpy.qos import QoSProfile
+
+    from hola_ros.msg import ResponseChunk
+    from hola_ros.nodes.verifier import RESPONSE_QOS
+    from hola_ros.srv import Ask
+
+    done_chunks = []
+    sub = graph.node.create_subscription(ResponseChunk, "/hola/response",
+                                         lambda m: done_chunks.append(m.request_id) if m.done else None, RESPONSE_QOS)
+    client = graph.node.create_client(Ask, "/hola/ask", qos_profile=QoSProfile(depth=200))
+    assert client.wait_for_service(timeout_sec=60)
+    time.sleep(1.5)
+    futures = [client.call_async(Ask.Request(prompt=f"Count to three, request {i}.", request_id=f"burst-{i}",
+                                             max_new_tokens=6, retrieval_mode="off")) for i in range(50)]
+    responses = [wait_future(f, 300) for f in futures]
+    accepted = [r for r in responses if r.success]
+    busy = [r for r in responses if not r.success]
+    assert len(accepted) + len(busy) == 50
+    assert QUEUE_SIZE + 1 <= len(accepted) < 50, len(accepted)
+    assert all("busy" in r.error for r in busy), {r.error for r in busy}
+    assert all(r.text and r.stats.new_tokens >= 1 for r in accepted)
+    deadline = time.monotonic() + 10
+    while len(done_chunks) < len(accepted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(done_chunks) == sorted(r.request_id for r in accepted)  # exactly one final chunk each
+    graph.node.destroy_subscription(sub)
+
+
+def test_cancel_by_request_id_queued_running_and_unknown(graph):
+    from hola_ros.srv import Ask, Cancel
+
+    ask = graph.node.create_client(Ask, "/hola/ask")
+    cancel = graph.node.create_client(Cancel, "/hola/cancel")
+    assert ask.wait_for_service(timeout_sec=60) and cancel.wait_for_service(timeout_sec=60)
+    unknown = wait_future(cancel.call_async(Cancel.Request(request_id="nobody")), 30)
+    assert not unknown.success and "no request with id 'nobody'" in unknown.error
+
+    running = ask.call_async(Ask.Request(prompt="Write a long story about a robot.", request_id="long-1",
+                                        max_new_tokens=400, retrieval_mode="off", decoding_mode="ar"))
+    time.sleep(1.0)
+    queued = ask.call_async(Ask.Request(prompt="Write another long story.", request_id="long-2",
+                                        max_new_tokens=400, retrieval_mode="off"))
+    time.sleep(0.5)
+    assert wait_future(cancel.call_async(Cancel.Request(request_id="long-2")), 30).success
+    assert wait_future(cancel.call_async(Cancel.Request(request_id="long-1")), 30).success
+    q, r = wait_future(queued, 120), wait_future(running, 120)
+    assert not q.success and q.error == "cancelled while queued"
+    assert not r.success and r.error == "cancelled" and r.stats.stop_reason == "cancelled"
+    assert r.stats.new_tokens < 400
+
+
+def test_invalid_runtime_parameters_are_refused_valid_ones_apply(graph):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from hola_ros.srv import Ask
+
+    client = graph.node.create_client(SetParameters, "/hola_verifier/set_parameters")
+    assert client.wait_for_service(timeout_sec=30)
+
+    def set_int(name, value):
+        p = Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value))
+        return wait_future(client.call_async(SetParameters.Request(parameters=[p])), 30).results[0]
+
+    refused = set_int("queue_size", -1)
+    assert not refused.successful and "queue_size" in refused.reason
+    assert set_int("max_new_tokens_limit", 16).successful
+    ask = graph.node.create_client(Ask, "/hola/ask")
+    over = wait_future(ask.call_async(Ask.Request(prompt="hi", max_new_tokens=32, retrieval_mode="off")), 60)
+    assert not over.success and "above the limit of 16" in over.error
+    assert set_int("max_new_tokens_limit", 1024).successful
+
+
+def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(graph):
+    pid = graph.node_pids()["hola_verifier"]
+    result = {}
+
+    def ask():
+        result["run"] = graph.cli("ask", "Write a very long story about a robot.", "--max-new-tokens", "400",
+                                  "--retrieval", "off", "--mode", "ar", "--json", "--timeout", "120")
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    time.sleep(6.0)  # the CLI has found the service and its request is decoding
+    os.kill(pid, signal.SIGKILL)
+    thread.join(150)
+    run = result["run"]
+    assert run.returncode == 1 and "went away" in run.stdout, run.stdout + run.stderr
+
+    deadline = time.monotonic() + 180
+    while graph.node_pids().get("hola_verifier") in (None, pid):
+        assert time.monotonic() < deadline, "verifier was not respawned"
+        time.sleep(0.5)
+    again = graph.cli("ask", "Say hello.", "--max-new-tokens", "6", "--retrieval", "off", "--json", "--timeout", "180")
+    assert again.returncode == 0, again.stdout + again.stderr
