@@ -13,6 +13,9 @@ pytestmark = pytest.mark.slow
 
 QUEUE_SIZE = 4
 PARAMS = f"""
+/**:
+  ros__parameters:
+    telemetry_rate_hz: 5.0
 hola_verifier:
   ros__parameters:
     queue_size: {QUEUE_SIZE}
@@ -108,8 +111,14 @@ def test_invalid_runtime_parameters_are_refused_valid_ones_apply(graph):
 
 
 def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(graph):
+    from hola_ros.msg import Telemetry
+
     pid = graph.node_pids()["hola_verifier"]
     result = {}
+    busy = threading.Event()
+    sub = graph.node.create_subscription(
+        Telemetry, "/hola/telemetry",
+        lambda m: busy.set() if m.node == "hola_verifier" and m.active_requests > 0 else None, 10)
 
     def ask():
         result["run"] = graph.cli("ask", "Write a very long story about a robot.", "--max-new-tokens", "400",
@@ -117,8 +126,9 @@ def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(g
 
     thread = threading.Thread(target=ask)
     thread.start()
-    time.sleep(6.0)  # the CLI has found the service and its request is decoding
+    assert busy.wait(60), "the CLI's request never started decoding"
     os.kill(pid, signal.SIGKILL)
+    graph.node.destroy_subscription(sub)
     thread.join(150)
     run = result["run"]
     assert run.returncode == 1 and "went away" in run.stdout, run.stdout + run.stderr
