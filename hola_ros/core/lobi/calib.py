@@ -1,0 +1,57 @@
+"""Calibration text: GSM8K-style JSONL (question/answer or text fields) or plain text."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def default_calib() -> Path:
+    """GSM8K train split in the shared data folder beside the checkout."""
+    return Path(__file__).resolve().parents[4] / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def load_texts(path: str | Path, limit: int) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file {path} not found")
+    texts: list[str] = []
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if len(texts) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                text = row.get("text") or "\n".join(str(row[k]) for k in ("question", "answer") if k in row)
+                if text:
+                    texts.append(text)
+    else:
+        texts = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()][:limit]
+    if not texts:
+        raise ValueError(f"no calibration text in {path}")
+    return texts
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_sequences(texts: list[str], tokenizer, seq_len: int, sep: int | None):
+    """Concatenate the texts' tokens (separated by `sep`) and cut them into [n, seq_len] rows."""
+    import torch
+
+    stream: list[int] = []
+    for t in texts:
+        stream.extend(tokenizer.encode(t, add_special_tokens=False))
+        if sep is not None:
+            stream.append(sep)
+    n = len(stream) // seq_len
+    if n == 0:
+        raise ValueError(f"calibration text has {len(stream)} tokens, fewer than one {seq_len}-token sequence")
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
