@@ -54,10 +54,10 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
 
     messages = compose_messages(request.prompt, passages) if passages else [{"role": "user", "content": request.prompt}]
     prompt_ids = target.chat_ids(messages)
-    if len(prompt_ids) + request.max_new_tokens > target.context_length:
-        return Outcome(False, f"prompt is {len(prompt_ids)} tokens (retrieved context included); with "
-                              f"max_new_tokens {request.max_new_tokens} that exceeds the model's context of "
-                              f"{target.context_length} tokens", stats={**stats, "stop_reason": "error"})
+    if len(prompt_ids) >= target.context_length:
+        return Outcome(False, f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
+                              f"included); the model's context holds {target.context_length}",
+                       stats={**stats, "stop_reason": "error"})
 
     config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                               top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=request.stop,
@@ -67,7 +67,8 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
     stats.update(result.stats)
     stats.update(flags=flags, degraded=bool(stats["degraded"] or result.stats.get("degraded")),
-                 stop_reason=result.stop_reason)
+                 stop_reason=result.stop_reason, decoding_mode=result.stats.get("mode", request.decoding_mode),
+                 total_s=time.monotonic() - started)
     if result.stop_reason == "cancelled":
         return Outcome(False, "cancelled", text=result.text, stats=stats)
     return Outcome(True, text=result.text, stats=stats)
