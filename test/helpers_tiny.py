@@ -3,6 +3,10 @@ import functools
 
 import torch
 
+# the dev machine has 2 cores shared by several people: a second OpenMP thread that has to
+# wait for a busy core makes tiny forwards ~10x slower, so tests run single-threaded
+torch.set_num_threads(1)
+
 
 class ByteTokenizer:
     """Token i < 256 is byte i; 256 is EOS; the rest of the vocabulary decodes to nothing."""

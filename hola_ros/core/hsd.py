@@ -1,0 +1,250 @@
+"""Hierarchical speculative decoding: drafters (L0 n-gram, L1 model) propose a block, the
+target (L2) verifies it in one forward pass over its KV cache.
+
+Invariant of the loop: the target cache holds prompt + output except the last committed token
+(`last`), which is fed together with the next draft, so every forward returns exactly the rows
+needed to judge each draft token plus the token after the block. Plain decoding ("ar") is the
+same loop with empty drafts, which is why greedy HSD reproduces it token for token when the
+model's rows are computed independently of the block size (models.LoadedModel.info
+["row_invariant"]).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from hola_ros.core.detok import TextStream
+from hola_ros.core.protocol import DraftProposal
+
+STOP_REASONS = ("eos", "stop", "max_new_tokens", "cancelled")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    mode: str = "hsd"  # "hsd" | "ar"
+    # the paper's gate: draft tokens with entropy < tau are kept unchecked (lossy, flagged)
+    entropy_gate_tau: float | None = None
+    draft_len: int = 8  # first block's draft length
+    draft_len_min: int = 1
+    draft_len_max: int = 16
+    adaptive_draft: bool = True  # +2 after a fully accepted block, -1 after a rejection
+    levels: tuple[int, ...] = (0, 1)  # drafting levels whose tokens are used
+
+    def validate(self) -> None:
+        if self.mode not in ("hsd", "ar"):
+            raise ValueError(f"mode must be 'hsd' or 'ar', not {self.mode!r}")
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if not 1 <= self.draft_len_min <= self.draft_len <= self.draft_len_max:
+            raise ValueError("need 1 <= draft_len_min <= draft_len <= draft_len_max")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]  # new tokens only; EOS is not included
+    stop_reason: str
+    stats: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Counters:
+    def __init__(self):
+        self.proposed = {0: 0, 1: 0}
+        self.accepted = {0: 0, 1: 0}
+        self.blocks = 0  # verification steps (target forwards after the prefill)
+        self.draft_s = 0.0
+        self.verify_s = 0.0
+        self.gated = 0  # tokens kept by the entropy gate that the target would have changed
+
+
+def generate(target, prompt_ids: list[int], config: GenerationConfig | None = None, drafter=None,
+             request_id: str = "r0", on_block: Callable[[list[int], str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+    """Generate from `target` (models.LoadedModel) after `prompt_ids`; see the module doc."""
+    import torch
+
+    cfg = config or GenerationConfig()
+    cfg.validate()
+    prompt_ids = [int(t) for t in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty")
+    if len(prompt_ids) >= target.context_length:
+        raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds {target.context_length}")
+    flags: list[str] = []
+    max_new = cfg.max_new_tokens
+    if len(prompt_ids) + max_new > target.context_length:
+        max_new = target.context_length - len(prompt_ids)
+        flags.append("max_new_tokens_clipped_to_context")
+    greedy = cfg.temperature == 0.0
+    seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(7), "little")
+    gen = torch.Generator().manual_seed(seed)
+    lossy = cfg.mode == "hsd" and cfg.entropy_gate_tau is not None
+    if lossy:
+        flags.append("entropy_gate")
+    if cfg.mode == "hsd" and drafter is None:
+        from hola_ros.core.drafters import LocalDrafter
+
+        drafter = LocalDrafter(ngram=True)
+    if cfg.mode == "ar":
+        drafter = None
+
+    c = _Counters()
+    degraded = False
+    out: list[int] = []
+    stream = TextStream(target.tokenizer, cfg.stop)
+    stop_reason = "max_new_tokens"
+    t_start = time.perf_counter()
+    opened = None  # the drafter to close, even after it failed
+    session = target.new_session()
+    try:
+        if len(prompt_ids) > 1:
+            session.forward(prompt_ids[:-1], last_only=True)
+        prefill_s = time.perf_counter() - t_start
+        opened = drafter
+        if drafter is not None:
+            try:
+                drafter.open(request_id, prompt_ids)
+            except Exception as exc:  # a missing drafter means plain decoding, never a failure
+                drafter, degraded = None, True
+                flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
+        last = prompt_ids[-1]
+        delta: list[int] = []
+        k = cfg.draft_len
+        while len(out) < max_new:
+            if should_stop is not None and should_stop():
+                stop_reason = "cancelled"
+                break
+            budget = max_new - len(out)
+            draft: list[int] = []
+            levels: list[int] = []
+            ents: list[float] = []
+            # an empty cache means this forward is a prefill-shaped call: keep it one row, like AR
+            want = min(k, budget - 1) if session.length > 0 else 0
+            if drafter is not None and want > 0:
+                t0 = time.perf_counter()
+                try:
+                    prop = drafter.propose(request_id, delta, want)
+                    delta = []
+                    draft, levels, ents = _usable(prop, want, cfg.levels, target.vocab_size)
+                except Exception as exc:
+                    drafter, degraded = None, True
+                    flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
+                c.draft_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rows = session.forward([last] + draft)
+            accepted, nxt, gated = _verify(rows, draft, ents, cfg, greedy, gen)
+            session.rollback(session.length - len(draft) + accepted)
+            c.verify_s += time.perf_counter() - t0
+            c.blocks += 1
+            c.gated += gated
+            for lv in levels:
+                c.proposed[lv] += 1
+            for lv in levels[:accepted]:
+                c.accepted[lv] += 1
+            if draft and cfg.adaptive_draft:
+                k = min(cfg.draft_len_max, k + 2) if accepted == len(draft) else max(cfg.draft_len_min, k - 1)
+
+            block = draft[:accepted] + [nxt]
+            eos_at = next((i for i, t in enumerate(block) if t in target.eos_token_ids), None)
+            if eos_at is not None:
+                block, stop_reason = block[:eos_at], "eos"
+            text_delta, stop_n = stream.push(block)
+            if stop_n is not None:
+                block, stop_reason = block[:stop_n], "stop"
+            out.extend(block)
+            if on_block is not None and (block or text_delta):
+                on_block(block, text_delta)
+            if stop_reason in ("eos", "stop"):
+                break
+            last, delta = nxt, delta + draft[:accepted] + [nxt]
+        tail = stream.flush()
+        if tail and on_block is not None:
+            on_block([], tail)
+    finally:
+        session.close()
+        if opened is not None:
+            try:
+                opened.close(request_id)
+            except Exception:
+                flags.append("drafter_close_failed")
+    total_s = time.perf_counter() - t_start
+    if degraded:
+        flags.append("drafter_unavailable")
+    proposed = sum(c.proposed.values())
+    accepted_all = sum(c.accepted.values())
+    stats = {
+        "mode": cfg.mode,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": len(out),
+        "prefill_s": round(prefill_s, 6),
+        "draft_s": round(c.draft_s, 6),
+        "verify_s": round(c.verify_s, 6),
+        "decode_s": round(total_s - prefill_s, 6),
+        "total_s": round(total_s, 6),
+        "tokens_per_s": round(len(out) / total_s, 3) if total_s > 0 else 0.0,
+        "decode_tokens_per_s": round(len(out) / (total_s - prefill_s), 3) if total_s > prefill_s else 0.0,
+        "acceptance_rate": round(accepted_all / proposed, 4) if proposed else 0.0,
+        "acceptance_per_level": {f"L{lv}": (round(c.accepted[lv] / c.proposed[lv], 4) if c.proposed[lv] else None)
+                                 for lv in (0, 1)},
+        "proposed_per_level": {f"L{lv}": c.proposed[lv] for lv in (0, 1)},
+        "mean_accepted_block": round(len(out) / c.blocks, 4) if c.blocks else 0.0,
+        "target_forwards": c.blocks + (1 if len(prompt_ids) > 1 else 0),
+        "lossy": lossy,
+        "gate_overrides": c.gated,
+        "degraded": degraded,
+        "row_invariant": bool(getattr(target, "info", {}).get("row_invariant", False)),
+        "sampling": "greedy" if greedy else "rejection",
+        "flags": flags,
+    }
+    return GenerationResult(text=stream.text, token_ids=out, stop_reason=stop_reason, stats=stats)
+
+
+def _usable(prop: DraftProposal, want: int, levels_on, vocab: int):
+    """The proposal's usable prefix: at most `want` tokens, enabled levels, valid ids."""
+    n = 0
+    toks = list(prop.tokens)[:want]
+    lvls = list(prop.levels) + [0] * (len(toks) - len(prop.levels))
+    ents = list(prop.entropies) + [math.nan] * (len(toks) - len(prop.entropies))
+    while n < len(toks) and lvls[n] in levels_on and 0 <= int(toks[n]) < vocab:
+        n += 1
+    return [int(t) for t in toks[:n]], [int(lv) for lv in lvls[:n]], [float(e) for e in ents[:n]]
+
+
+def _verify(rows, draft: list[int], ents: list[float], cfg: GenerationConfig, greedy: bool, gen):
+    """Return (accepted draft tokens, the token after them, gate overrides)."""
+    from hola_ros.core.sampling import accept_point_draft, sample, target_probs
+
+    tau = cfg.entropy_gate_tau if cfg.mode == "hsd" else None
+    gated = 0
+    if greedy:
+        best = rows.argmax(-1).tolist()
+        for i, tok in enumerate(draft):
+            if tok != best[i]:
+                if tau is not None and ents[i] < tau:  # NaN (unknown entropy) never passes
+                    gated += 1
+                    continue
+                return i, best[i], gated
+        return len(draft), best[len(draft)], gated
+    probs = target_probs(rows, cfg.temperature, cfg.top_k, cfg.top_p)
+    for i, tok in enumerate(draft):
+        if tau is not None and ents[i] < tau:
+            gated += 1
+            continue
+        ok, emitted = accept_point_draft(probs[i], tok, gen)
+        if not ok:
+            return i, emitted, gated
+    return len(draft), sample(probs[len(draft)], gen), gated

@@ -1,0 +1,217 @@
+"""Greedy HSD must reproduce plain greedy decoding of the target token for token."""
+import random
+
+import pytest
+
+from helpers_tiny import ByteTokenizer, default_model, tiny_model
+from hola_ros.core.drafters import LocalDrafter
+from hola_ros.core.hsd import GenerationConfig, generate
+from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
+
+
+class RandomDrafter:
+    """Deliberately bad: random tokens."""
+
+    def __init__(self, vocab, seed=0):
+        self.vocab, self.rng = vocab, random.Random(seed)
+
+    def open(self, request_id, prompt_ids):
+        pass
+
+    def propose(self, request_id, accepted_delta, max_tokens):
+        n = self.rng.randint(0, max_tokens)
+        return DraftProposal(tokens=[self.rng.randrange(self.vocab) for _ in range(n)], levels=[1] * n)
+
+    def close(self, request_id):
+        pass
+
+
+class OracleDrafter:
+    """Perfect: knows the target's greedy continuation (and checks the delta protocol on the way)."""
+
+    def __init__(self, prompt, continuation):
+        self.full = list(prompt) + list(continuation)
+        self.seen = None
+
+    def open(self, request_id, prompt_ids):
+        self.seen = list(prompt_ids)
+
+    def propose(self, request_id, accepted_delta, max_tokens):
+        self.seen += accepted_delta
+        assert self.seen == self.full[:len(self.seen)], "accepted delta does not match the output"
+        n = len(self.seen)
+        return DraftProposal(tokens=self.full[n:n + max_tokens], levels=[0] * len(self.full[n:n + max_tokens]))
+
+    def close(self, request_id):
+        self.seen = None
+
+
+class FailingDrafter(LocalDrafter):
+    def __init__(self, fail_after):
+        super().__init__(ngram=True)
+        self.calls, self.fail_after = 0, fail_after
+
+    def propose(self, request_id, accepted_delta, max_tokens):
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise DrafterUnavailable("deadline missed")
+        return super().propose(request_id, accepted_delta, max_tokens)
+
+
+def prompts(n, seed=0, vocab=256):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        base = [rng.randrange(vocab) for _ in range(rng.randint(1, 12))]
+        out.append(base * rng.randint(1, 4) + [rng.randrange(vocab) for _ in range(rng.randint(0, 6))])
+    return out
+
+
+def ar(m, p, n=40, **kw):
+    return generate(m, p, GenerationConfig(mode="ar", max_new_tokens=n, **kw))
+
+
+@pytest.fixture(scope="module")
+def models():
+    # a flat random model and a peaked one that falls into loops (n-gram drafts then hit often)
+    return [tiny_model(seed=0), tiny_model(seed=1, sharpen=6.0)]
+
+
+def test_hsd_equals_ar_with_ngram_random_and_perfect_drafters(models):
+    for m in models:
+        drafter_model = tiny_model(seed=7, name="bad-l1")  # a different random model: a poor L1
+        for i, p in enumerate(prompts(6, seed=len(m.name))):
+            ref = ar(m, p)
+            assert ref.stats["new_tokens"] == 40 and ref.stats["target_forwards"] == 40 + (len(p) > 1)
+            cases = {
+                "ngram": LocalDrafter(ngram=True, min_ngram=1),
+                "random": RandomDrafter(m.vocab_size, seed=i),
+                "oracle": OracleDrafter(p, ref.token_ids),
+                "self-l1": LocalDrafter(ngram=False, model=m),
+                "bad-l1+ngram": LocalDrafter(ngram=True, model=drafter_model, min_confidence=0.0),
+            }
+            for name, d in cases.items():
+                res = generate(m, p, GenerationConfig(mode="hsd", max_new_tokens=40), drafter=d)
+                assert res.token_ids == ref.token_ids, (name, p)
+                assert res.text == ref.text and res.stop_reason == ref.stop_reason
+            assert len(cases["ngram"].requests) == 0  # per-request state freed
+
+
+def test_perfect_drafters_need_few_target_passes(models):
+    m = models[1]
+    p = prompts(1, seed=3)[0]
+    ref = ar(m, p, n=60)
+    res = generate(m, p, GenerationConfig(max_new_tokens=60, draft_len=8, draft_len_max=8),
+                   drafter=OracleDrafter(p, ref.token_ids))
+    assert res.token_ids == ref.token_ids
+    assert res.stats["acceptance_rate"] == 1.0
+    # 60 tokens in blocks of 9 (8 drafts + 1) after a one-row first block
+    assert res.stats["target_forwards"] <= 1 + 1 + -(-59 // 9)
+    rnd = generate(m, p, GenerationConfig(max_new_tokens=60), drafter=RandomDrafter(m.vocab_size))
+    assert rnd.stats["acceptance_rate"] < 0.2 and rnd.stats["mean_accepted_block"] < 1.3
+
+
+def test_drafter_failure_mid_request_falls_back_to_plain_decoding(models):
+    m = models[1]
+    p = prompts(3, seed=5)[2]
+    ref = ar(m, p, n=50)
+    d = FailingDrafter(fail_after=3)
+    res = generate(m, p, GenerationConfig(max_new_tokens=50), drafter=d)
+    assert res.token_ids == ref.token_ids
+    assert res.stats["degraded"] is True and "drafter_unavailable" in res.stats["flags"]
+    assert d.calls == 4 and not d.requests  # closed even after failing
+
+    class Broken(LocalDrafter):
+        def open(self, request_id, prompt_ids):
+            raise ConnectionError("no drafter node")
+
+    res = generate(m, p, GenerationConfig(max_new_tokens=50), drafter=Broken())
+    assert res.token_ids == ref.token_ids and res.stats["degraded"]
+
+
+@pytest.mark.parametrize("mode", ["ar", "hsd"])
+def test_eos_inside_a_block_ends_the_output_before_it(models, mode):
+    m = models[0]
+    p = prompts(1, seed=11)[0]
+    ref = ar(m, p, n=30).token_ids
+    eos = ref[12]
+    first = ref.index(eos)
+    m.eos_token_ids = {eos}
+    try:
+        res = generate(m, p, GenerationConfig(mode=mode, max_new_tokens=30, draft_len=10),
+                       drafter=OracleDrafter(p, ref))
+    finally:
+        m.eos_token_ids = {256}
+    assert res.stop_reason == "eos"
+    assert res.token_ids == ref[:first]
+    if mode == "hsd":
+        assert res.stats["target_forwards"] < first  # the EOS really was inside a drafted block
+
+
+def test_max_new_tokens_inside_a_block(models):
+    m = models[1]
+    p = prompts(1, seed=2)[0]
+    ref = ar(m, p, n=30).token_ids
+    for n in (0, 1, 2, 7, 9, 13):
+        res = generate(m, p, GenerationConfig(max_new_tokens=n, draft_len=16, draft_len_max=16),
+                       drafter=OracleDrafter(p, ref))
+        assert res.token_ids == ref[:n] and res.stats["new_tokens"] == n
+        assert res.stop_reason == "max_new_tokens"
+
+
+def test_stop_string_and_streaming_deltas(models):
+    m = models[0]
+    p = list(b"the robot said: ")
+    ref = ar(m, p, n=40)
+    stop = ref.text[15:18]
+    cut = ref.text.index(stop)
+    for mode in ("ar", "hsd"):
+        blocks, deltas = [], []
+        res = generate(m, p, GenerationConfig(mode=mode, max_new_tokens=40, stop=(stop,)),
+                       drafter=OracleDrafter(p, ref.token_ids) if mode == "hsd" else None,
+                       on_block=lambda ids, text: (blocks.append(ids), deltas.append(text)))
+        assert res.stop_reason == "stop"
+        assert res.text == ref.text[:cut]
+        assert "".join(deltas) == res.text and stop not in "".join(deltas)
+        assert sum(blocks, []) == res.token_ids == ref.token_ids[:len(res.token_ids)]
+        assert ByteTokenizer(300).decode(res.token_ids).find(stop) >= 0  # ids end with the stop string
+
+
+def test_cancel_stops_between_blocks(models):
+    m = models[0]
+    calls = []
+    res = generate(m, [5, 6, 7], GenerationConfig(max_new_tokens=40),
+                   should_stop=lambda: len(calls) >= 3, on_block=lambda ids, text: calls.append(ids))
+    assert res.stop_reason == "cancelled" and len(calls) == 3
+    assert res.token_ids == ar(m, [5, 6, 7]).token_ids[:len(res.token_ids)]
+
+
+def test_level_switch_drops_disabled_levels(models):
+    m = models[1]
+    p = prompts(1, seed=4)[0]
+    d = LocalDrafter(ngram=True, model=m)
+    res = generate(m, p, GenerationConfig(max_new_tokens=30, levels=(0,)), drafter=d)
+    assert res.token_ids == ar(m, p, n=30).token_ids
+    assert res.stats["proposed_per_level"]["L1"] == 0 and res.stats["proposed_per_level"]["L0"] > 0
+
+
+PROMPTS = [
+    ("Passage: The Jetson Orin Nano has 8 GB of memory and a 1024-core GPU. It draws 7 to 15 watts.\n"
+     "Question: How much memory does the Jetson Orin Nano have, and how much power does it draw? "
+     "Answer using the passage."),
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "Write a haiku about a robot vacuum.",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_real_model_hsd_equals_ar(prompt):
+    m = default_model()
+    assert m.info["row_invariant"]
+    ids = m.chat_ids([{"role": "user", "content": prompt}])
+    ref = generate(m, ids, GenerationConfig(mode="ar", max_new_tokens=48))
+    res = generate(m, ids, GenerationConfig(mode="hsd", max_new_tokens=48))
+    assert res.token_ids == ref.token_ids
+    assert res.text == ref.text and ref.text.strip()
