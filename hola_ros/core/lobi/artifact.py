@@ -174,12 +174,18 @@ def _eos(cfg, gen, tokenizer) -> set[int]:
     return {int(i) for i in ids}
 
 
-def auto_backend(path, manifest: dict) -> str:
-    from . import trt_backend
+def auto_backend(path, manifest: dict, trt_ok: bool | None = None) -> str:
+    """tensorrt where TensorRT and a dense export exist, else onnxruntime where exported, else torch."""
+    exports = manifest.get("exports", {})
+    if trt_ok is None:
+        from . import trt_backend
 
-    onnx = manifest.get("exports", {}).get("onnx")
-    if onnx and (Path(path) / onnx["path"]).is_file():
-        return "tensorrt" if trt_backend.available() and onnx.get("flavour") == "dense" else "onnxruntime"
+        trt_ok = trt_backend.available()
+    if trt_ok and exports.get("onnx_dense") and (Path(path) / exports["onnx_dense"]["path"]).is_file():
+        return "tensorrt"
+    for key in ("onnx", "onnx_dense"):
+        if exports.get(key) and (Path(path) / exports[key]["path"]).is_file():
+            return "onnxruntime"
     return "torch"
 
 
@@ -220,18 +226,19 @@ def load_artifact(path, backend: str = "auto", threads: int | None = None, base=
         loaded.info["packed"] = pack_linears(model)
         loaded.info["row_invariant"] = bool(loaded.info["packed"] and use_rowwise_attention(model))
     else:
-        from . import onnx_backend
-
-        onnx = manifest.get("exports", {}).get("onnx")
-        if not onnx:
-            raise ArtifactError(f"{path} has no ONNX export; run `hola-ros lobi build ... --export onnx` "
-                                f"or load it with backend='torch'")
+        exports = manifest.get("exports", {})
         if backend == "tensorrt":
             from . import trt_backend
 
             factory = trt_backend.session_factory(path, manifest, threads)
         else:
-            factory = onnx_backend.session_factory(path / onnx["path"], manifest, threads)
+            from . import onnx_backend
+
+            entry = exports.get("onnx") or exports.get("onnx_dense")
+            if not entry:
+                raise ArtifactError(f"{path} has no ONNX export; build it with `--export onnx` "
+                                    f"or load it with backend='torch'")
+            factory = onnx_backend.session_factory(path, entry, threads)
         loaded = EngineModel(model=None, eos_token_ids=_eos(cfg, None, tokenizer), session_factory=factory, **common)
     loaded.info.update(backend=backend, artifact=str(path), manifest=manifest)
     loaded.load_s = time.perf_counter() - t0

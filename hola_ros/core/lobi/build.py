@@ -103,6 +103,9 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
 
     t_start = time.perf_counter()
     progress = progress or _noop
+    unknown = set(export) - {"onnx", "tensorrt"}
+    if unknown:
+        raise ValueError(f"unknown export target(s) {sorted(unknown)}; use onnx and/or tensorrt")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not artifact.is_artifact(out):
         raise FileExistsError(f"{out} exists and is not a Lo-Bi artifact; choose another --out")
@@ -243,12 +246,7 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
         }
         manifest["error"].update(_end_to_end(hf, artifact.build_torch_model(tmp, manifest, tensors), cal.search_ids))
         manifest["bytes"]["weights_file"] = (tmp / artifact.WEIGHTS).stat().st_size
-        if "onnx" in export:
-            from . import onnx_backend
-
-            progress("export onnx", 0, 1)
-            manifest["exports"]["onnx"] = onnx_backend.export(tmp, manifest)
-            progress("export onnx", 1, 1)
+        _export(tmp, manifest, export, progress)
         manifest["bytes"]["on_disk"] = artifact.dir_bytes(tmp)
         manifest["build_s"] = round(time.perf_counter() - t_start, 1)
         artifact.write_manifest(tmp, manifest)
@@ -258,6 +256,22 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def _export(path, manifest: dict, export, progress) -> None:
+    from . import onnx_backend, trt_backend
+
+    if "onnx" in export:
+        progress("export onnx", 0, 1)
+        manifest["exports"]["onnx"] = onnx_backend.export(path, manifest, "nbits")
+        progress("export onnx", 1, 1)
+    if "tensorrt" in export:
+        progress("export tensorrt", 0, 1)
+        entry = manifest["exports"]["onnx_dense"] = onnx_backend.export(path, manifest, "dense")
+        if trt_backend.available():
+            engine = trt_backend.build_engine(path, entry, "fp16")
+            manifest["exports"]["tensorrt"] = {"engine": str(engine.relative_to(path)), "precision": "fp16"}
+        progress("export tensorrt", 1, 1)
 
 
 def _end_to_end(ref, comp, ids: torch.Tensor, max_seqs: int = 4) -> dict:
