@@ -25,7 +25,7 @@ class ByteTokenizer:
 
 
 def tiny_model(seed: int = 0, vocab: int = 300, hidden: int = 64, layers: int = 2, name: str = "tiny",
-               eos: int = 256, sharpen: float = 1.0):
+               eos: int | None = 256, sharpen: float = 1.0):
     """A random llama-shaped LM; `sharpen` scales the output layer (higher = more peaked, more repetitive)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 

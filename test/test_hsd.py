@@ -215,3 +215,92 @@ def test_real_model_hsd_equals_ar(prompt):
     res = generate(m, ids, GenerationConfig(mode="hsd", max_new_tokens=48))
     assert res.token_ids == ref.token_ids
     assert res.text == ref.text and ref.text.strip()
+
+
+class SpyDrafter(RandomDrafter):
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+
+    def open(self, request_id, prompt_ids):
+        self.inner.open(request_id, prompt_ids)
+
+    def propose(self, request_id, accepted_delta, max_tokens):
+        self.asked.append(max_tokens)
+        return self.inner.propose(request_id, accepted_delta, max_tokens)
+
+    def close(self, request_id):
+        self.inner.close(request_id)
+
+
+def test_draft_length_adapts_to_acceptance(models):
+    m = models[1]
+    p = prompts(1, seed=6)[0]
+    ref = ar(m, p, n=80).token_ids
+    good = SpyDrafter(OracleDrafter(p, ref))
+    generate(m, p, GenerationConfig(max_new_tokens=80, draft_len=2, draft_len_max=12), drafter=good)
+    assert good.asked[:6] == [2, 4, 6, 8, 10, 12]
+    bad = SpyDrafter(RandomDrafter(m.vocab_size, seed=1))
+    bad.inner.rng.randint = lambda a, b: b  # always a full-length wrong draft
+    generate(m, p, GenerationConfig(max_new_tokens=30, draft_len=8), drafter=bad)
+    assert bad.asked[:8] == [8, 7, 6, 5, 4, 3, 2, 1] and set(bad.asked[8:]) == {1}
+    fixed = SpyDrafter(RandomDrafter(m.vocab_size, seed=1))
+    generate(m, p, GenerationConfig(max_new_tokens=30, draft_len=5, adaptive_draft=False), drafter=fixed)
+    assert set(fixed.asked[:10]) == {5}  # (the last blocks shrink to the token budget)
+
+
+def test_l1_cache_rolls_back_to_the_accepted_prefix(models):
+    m = models[0]
+    p = prompts(1, seed=9)[0]
+    d = LocalDrafter(ngram=False, model=m, min_confidence=0.0)
+    d.open("a", p)
+    first = d.propose("a", [], 6).tokens
+    st = d.requests["a"].model
+    # accept 2 of 6, then a correction the drafter did not propose
+    delta = first[:2] + [(first[2] + 1) % m.vocab_size]
+    second = d.propose("a", delta, 6).tokens
+    assert st.session.length == len(st.cached)
+    assert st.cached[:len(p) + 3] == p + delta  # stale draft positions were dropped
+    fresh = LocalDrafter(ngram=False, model=m, min_confidence=0.0)
+    fresh.open("b", p + delta)
+    assert fresh.propose("b", [], 6).tokens == second
+    d.close("a")
+    fresh.close("b")
+    assert not d.requests and st.session.cache is None
+
+
+def test_staged_l1_cuts_a_wrong_l0_draft(models):
+    from hola_ros.core.drafters import NgramIndex
+
+    m = models[1]
+    ctx = [10, 20, 30, 40, 50]
+    truth = ar(m, ctx, n=6).token_ids
+    wrong = (truth[2] + 1) % 256
+    misleading = [ctx[-1]] + truth[:2] + [wrong]  # an earlier "copy" that goes wrong at its third token
+    d = LocalDrafter(ngram=True, model=m, min_ngram=1, min_confidence=0.0)
+    d.open("r", ctx)
+    d.requests["r"].ngram = NgramIndex(4, 1)
+    d.requests["r"].ngram.extend(misleading + ctx)
+    assert d.requests["r"].ngram.propose(3) == truth[:2] + [wrong]
+    prop = d.propose("r", [], 6)
+    assert prop.tokens == truth  # L1 kept the right prefix, replaced the wrong token, extended
+    assert prop.levels == [0, 0, 1, 1, 1, 1]
+    d.close("r")
+
+
+def test_entropy_gate_is_opt_in_lossy_and_flagged(models):
+    m = models[0]
+    p = prompts(1, seed=13)[0]
+    ref = ar(m, p, n=30)
+    bad_l1 = tiny_model(seed=21, name="other")
+    lossless = generate(m, p, GenerationConfig(max_new_tokens=30, entropy_gate_tau=None),
+                        drafter=LocalDrafter(ngram=False, model=bad_l1, min_confidence=0.0))
+    assert lossless.token_ids == ref.token_ids and not lossless.stats["lossy"]
+    gated = generate(m, p, GenerationConfig(max_new_tokens=30, entropy_gate_tau=100.0),
+                     drafter=LocalDrafter(ngram=False, model=bad_l1, min_confidence=0.0))
+    assert gated.stats["lossy"] and "entropy_gate" in gated.stats["flags"]
+    assert gated.stats["acceptance_rate"] == 1.0 and gated.stats["gate_overrides"] > 0
+    assert gated.token_ids != ref.token_ids  # unchecked tokens from a bad drafter change the output
+    # tau = 0 keeps nothing unchecked, so it is lossless again
+    zero = generate(m, p, GenerationConfig(max_new_tokens=30, entropy_gate_tau=0.0),
+                    drafter=LocalDrafter(ngram=False, model=bad_l1, min_confidence=0.0))
+    assert zero.token_ids == ref.token_ids and zero.stats["gate_overrides"] == 0

