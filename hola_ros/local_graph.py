@@ -64,7 +64,8 @@ class LocalGraph:
             pass
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self._log_path.read_text()
 
     def node_pids(self) -> dict[str, int]:

@@ -65,8 +65,9 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
                       request_id=request.request_id, on_block=on_block, should_stop=should_stop)
     flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
+    degraded = bool(stats["degraded"] or result.stats.get("degraded"))
     stats.update(result.stats)
-    stats.update(flags=flags, degraded=bool(stats["degraded"] or result.stats.get("degraded")),
+    stats.update(flags=flags, degraded=degraded,
                  stop_reason=result.stop_reason, decoding_mode=result.stats.get("mode", request.decoding_mode),
                  total_s=time.monotonic() - started)
     if result.stop_reason == "cancelled":

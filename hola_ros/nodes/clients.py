@@ -2,11 +2,15 @@
 ROS services, each call with a deadline, so a missing node means degraded service, never a hang."""
 import json
 import threading
+import time
 
 from rclpy.executors import SingleThreadedExecutor
 
 from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
 from hola_ros.srv import Draft, Retrieve
+
+POLL_S = 0.05
+GONE_GRACE_S = 0.5  # a server that left the graph (deactivated, killed) will not answer
 
 
 class ClientNode:
@@ -23,15 +27,23 @@ class ClientNode:
         self._thread.start()
 
     def call(self, client, request, timeout_s: float):
-        """The response, or None when the service is absent or missed the deadline."""
+        """The response, or None when the service is absent, leaves, or misses the deadline."""
         if not client.service_is_ready():
             return None
         done = threading.Event()
         future = client.call_async(request)
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout_s):
-            client.remove_pending_request(future)
-            return None
+        deadline = time.monotonic() + timeout_s
+        gone_since = None
+        while not done.wait(min(POLL_S, max(0.0, deadline - time.monotonic()))):
+            now = time.monotonic()
+            if client.service_is_ready():
+                gone_since = None
+            else:
+                gone_since = gone_since or now
+            if now >= deadline or (gone_since is not None and now - gone_since >= GONE_GRACE_S):
+                client.remove_pending_request(future)
+                return None
         return future.result()
 
     def close(self) -> None:

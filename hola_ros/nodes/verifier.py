@@ -53,7 +53,7 @@ class VerifierNode(HolaNode):
     def __init__(self):
         super().__init__("hola_verifier", PARAMS, CHECKS)
         self._response_pub = self.create_publisher(ResponseChunk, "/hola/response", RESPONSE_QOS)
-        self._model = self._scheduler = self._clients = None
+        self._model = self._scheduler = self._peers = None
         self._ask_srv = self._cancel_srv = self._action = None
         self._invalid = 0
         self._last = {"tokens_per_s": 0.0, "acceptance_rate": 0.0}
@@ -71,9 +71,9 @@ class VerifierNode(HolaNode):
         from hola_ros.core.models import load_model
 
         self._model = load_model(self.param("model"), dtype=self.param("dtype"), threads=self.param("threads"))
-        self._clients = ClientNode("hola_verifier_clients")
-        self._drafter = RemoteDrafter(self._clients, self.param("draft_timeout_s"))
-        self._retriever = RemoteRetriever(self._clients, self.param("retrieve_timeout_s"))
+        self._peers = ClientNode("hola_verifier_clients")
+        self._drafter = RemoteDrafter(self._peers, self.param("draft_timeout_s"))
+        self._retriever = RemoteRetriever(self._peers, self.param("retrieve_timeout_s"))
         self._scheduler = Scheduler(self._handle, self.param("queue_size"), self.param("concurrency"),
                                     on_finished=self._finished)
         group = ReentrantCallbackGroup()
@@ -93,9 +93,9 @@ class VerifierNode(HolaNode):
                 self.destroy_service(service)
         if self._action is not None:
             self._action.destroy()
-        if self._clients is not None:
-            self._clients.close()
-        self._model = self._scheduler = self._clients = self._ask_srv = self._cancel_srv = self._action = None
+        if self._peers is not None:
+            self._peers.close()
+        self._model = self._scheduler = self._peers = self._ask_srv = self._cancel_srv = self._action = None
         gc.collect()
 
     # -- requests ---------------------------------------------------------------------------
