@@ -2,6 +2,7 @@
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,6 @@ def tiny_lm():
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from hola_ros.core.models import from_module
     from hola_ros.core.retrieval.embedder import default_embedder_path
 
     tok = AutoTokenizer.from_pretrained(str(default_embedder_path()))
@@ -37,7 +37,7 @@ def tiny_lm():
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
-    return from_module(LlamaForCausalLM(cfg), tok, name="tiny-llama")
+    return SimpleNamespace(model=LlamaForCausalLM(cfg).eval(), tokenizer=tok)
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,18 @@ def test_gradient_feature_is_the_query_nll_gradient(tiny_lm):
     finally:
         with torch.no_grad():
             emb.weight[ids[3]] = saved
+
+
+def test_inference_only_model_is_refused_with_a_clear_error(index_dir, tiny_lm):
+    import copy
+
+    from hola_ros.core import models
+
+    if not models.PackedLinear.available():
+        pytest.skip("no packed kernels in this torch build")
+    packed = models.from_module(copy.deepcopy(tiny_lm.model), tiny_lm.tokenizer, packed=True)
+    with pytest.raises(ValueError, match="packed=False"):
+        AdaCompRetriever(index_dir, gate_model=packed, thresholds={})
 
 
 def test_score_is_deterministic_for_a_fixed_model(index_dir, tiny_lm, retriever):

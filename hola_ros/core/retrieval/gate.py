@@ -101,6 +101,19 @@ class ComplexityGate:
         self.tokenizer = tokenizer
         self.thresholds = merge_thresholds(thresholds)
         self.max_tokens = max_tokens
+        self._check_differentiable()
+
+    def _check_differentiable(self) -> None:
+        # inference-only kernels (e.g. models.load_model's packed linears) have no backward
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch warns before it raises
+                query_gradient(self.model, self.tokenizer, "probe query", self.max_tokens)
+        except RuntimeError as e:
+            raise ValueError("the gate model must be differentiable w.r.t. its input embeddings; load it "
+                             "with hola_ros.core.models.load_model(..., packed=False)") from e
 
     def features(self, query: str, similarities: list[float]) -> dict:
         g = query_gradient(self.model, self.tokenizer, query, self.max_tokens)

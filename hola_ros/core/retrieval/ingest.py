@@ -202,6 +202,11 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
             raise IngestError(f"empty corpus: no text found in {', '.join(map(str, paths))}"
                               + (f" ({len(report.skipped_empty)} empty file(s))" if report.skipped_empty else ""))
         if report.changed or rebuild or store.needs_save:
+            import torch
+
+            store.manifest["last_ingest"] = {"new_passages": len(texts), "embed_s": round(report.embed_s, 2),
+                                             "seconds": round(time.perf_counter() - t0, 2),
+                                             "torch_threads": torch.get_num_threads()}
             store.save()
         report.total_passages = len(store)
         report.index_type = store.manifest["index"]["type"]
@@ -249,12 +254,15 @@ def _is_current(index_dir: Path, files: list[Path]) -> bool:
         sources[str(f)].get("sha256") == sha256_file(f) for f in files)
 
 
+def demo_index_path(embedder: str | os.PathLike | None = None) -> Path:
+    key = hashlib.sha256(f"{demo_kb_dir()}|{embedder or ''}".encode()).hexdigest()[:12]
+    return cache_dir() / f"demo-kb-{key}"
+
+
 def default_index_dir(embedder: str | os.PathLike | None = None) -> Path:
     """The demo KB's index, (re)built into the cache when missing or stale (hashes only when current)."""
     kb = demo_kb_dir()
-    files = collect_files([kb])
-    key = hashlib.sha256(f"{kb}|{embedder or ''}".encode()).hexdigest()[:12]
-    index_dir = cache_dir() / f"demo-kb-{key}"
-    if not _is_current(index_dir, files):
+    index_dir = demo_index_path(embedder)
+    if not _is_current(index_dir, collect_files([kb])):
         ingest(index_dir, [kb], embedder=embedder, prune=True)
     return index_dir

@@ -1,0 +1,104 @@
+"""hola-ros calibrate-gate: fit the AdaComp gate's weights and thresholds on development data."""
+
+DEFAULT_DATA = "/work/shared/data/gsm8k/train.jsonl"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate-gate", help="calibrate the retrieval gate thresholds on dev data (writes YAML)",
+                       description="GSM8K-format data (question / answer with '#### <number>'): the held-out "
+                                   "fold is the dev set, the other folds the worked-example index. Other data: "
+                                   "--index DIR plus --data with question/answer fields.")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"dev data JSONL (default {DEFAULT_DATA})")
+    p.add_argument("--index", help="use this index instead of building one from the other GSM8K folds")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="gate LM spec for hola_ros.core.models")
+    p.add_argument("--limit", type=int, default=100, help="dev questions to use (default 100)")
+    p.add_argument("--dev-fold", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--margin", type=float, default=0.02, help="NLL gain (nats/token) that counts as 'helps'")
+    p.add_argument("--no-multi", action="store_true", help="skip the multi-step measurement (delta2 = 1)")
+    p.add_argument("--budget-tokens", type=int, default=384)
+    p.add_argument("--follow-up-tokens", type=int, default=24, help="max tokens of a follow-up query")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="config/gate_thresholds.yaml")
+    p.add_argument("--rows", help="also save the per-question measurements to this JSONL")
+    p.add_argument("--from-rows", help="refit from measurements saved with --rows (no model runs)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+    import os
+    import sys
+    import time
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hola_ros.core.models import load_model
+    from hola_ros.core.retrieval import calibrate, gsm8k
+    from hola_ros.core.retrieval.adacomp import AdaCompRetriever, lm_follow_up
+
+    t0 = time.perf_counter()
+    if args.from_rows:
+        with open(args.from_rows, encoding="utf-8") as f:
+            saved = [json.loads(line) for line in f]
+        meta, rows = saved[0], saved[1:]
+        return _write(args, rows, meta | {"refit_from": args.from_rows})
+    if args.index:
+        index_dir = args.index
+        with open(args.data, encoding="utf-8") as f:
+            recs = [json.loads(line) for line in f if line.strip()]
+        items = [calibrate.DevItem(r["question"], r["answer"]) for r in recs[:args.limit]]
+        dev = f"{args.data}: first {len(items)} records"
+    else:
+        index_dir, held = gsm8k.build_index(args.data, args.dev_fold, args.folds, progress=True)
+        items = [calibrate.DevItem(e.question, e.rationale) for e in held[:args.limit]]
+        dev = (f"{args.data}: fold {args.dev_fold} of {args.folds} (line i with i % {args.folds} == {args.dev_fold}), "
+               f"held-out items [0, {len(items)}); index: worked examples of the other folds")
+    lm = load_model(args.model, threads=args.threads, packed=False)  # the gate needs gradients
+    retriever = AdaCompRetriever(index_dir, gate_model=lm, thresholds={}, budget_tokens=args.budget_tokens)
+    follow_up = None if args.no_multi else lm_follow_up(lm.model, lm.tokenizer, max_new_tokens=args.follow_up_tokens)
+    meta = {"command": "hola-ros " + " ".join(sys.argv[1:]), "model": lm.name,
+            "embedder": retriever.embedder.name, "index": str(index_dir), "dev": dev,
+            "budget_tokens": args.budget_tokens, "multi_step": follow_up is not None}
+    done, sink = {}, None
+    if args.rows:
+        # resume: questions already measured with the same setup are not measured again
+        if os.path.isfile(args.rows):
+            with open(args.rows, encoding="utf-8") as f:
+                saved = [json.loads(line) for line in f if line.strip()]
+            if saved and all(saved[0].get(k) == meta[k] for k in ("model", "embedder", "budget_tokens", "multi_step")):
+                done = {r["question"]: r for r in saved[1:]}
+        sink = open(args.rows, "w", encoding="utf-8")
+        sink.write(json.dumps(meta) + "\n")
+        for r in done.values():
+            sink.write(json.dumps(r) + "\n")
+        sink.flush()
+
+    def keep(row):
+        if sink is not None:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+
+    todo = [it for it in items if it.question not in done]
+    print(f"{len(items) - len(todo)} of {len(items)} questions already measured in {args.rows}", file=sys.stderr)
+    new_rows = calibrate.measure(retriever, lm.model, lm.tokenizer, todo, follow_up=follow_up, progress=True,
+                                 on_row=keep)
+    if sink is not None:
+        sink.close()
+    by_q = {**done, **{r["question"]: r for r in new_rows}}
+    rows = [by_q[it.question] for it in items]
+    meta["measure_seconds_this_run"] = round(time.perf_counter() - t0, 1)
+    return _write(args, rows, meta)
+
+
+def _write(args, rows, meta) -> int:
+    import json
+
+    from hola_ros.core.retrieval import calibrate
+    from hola_ros.core.retrieval.gate import merge_thresholds
+
+    thresholds, report = calibrate.fit(rows, margin=args.margin)
+    thresholds = {k: v for k, v in merge_thresholds(thresholds).items() if k != "file"}
+    calibrate.write_yaml(args.out, thresholds, calibrate.provenance(**meta, report=report))
+    print(json.dumps({"thresholds": thresholds, "report": report}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
