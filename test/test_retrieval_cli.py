@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hola_ros.cli import main  # noqa: E402
 from hola_ros.core.retrieval import calibrate, gsm8k  # noqa: E402
-from hola_ros.core.retrieval.gate import load_thresholds, score_features  # noqa: E402
+from hola_ros.core.retrieval.gate import load_thresholds, merge_thresholds, score_features  # noqa: E402
 
 
 def test_index_cli_builds_appends_and_reports(tmp_path, capsys):
@@ -77,7 +77,9 @@ def test_thresholds_yaml_round_trip(tmp_path):
     calibrate.write_yaml(path, th, calibrate.provenance(command="test", report=report))
     loaded = load_thresholds(path)
     assert {k: loaded[k] for k in th} == th and loaded["file"] == str(path)
-    assert yaml.safe_load(path.read_text())["calibration"]["command"] == "test"
+    document = yaml.safe_load(path.read_text())
+    assert document["calibration"]["command"] == "test"
+    assert {k: merge_thresholds(document)[k] for k in th} == th  # the whole file works as overrides too
 
 
 def test_packaged_thresholds_are_valid_if_present():

@@ -33,8 +33,12 @@ DEFAULT_THRESHOLDS = {
 
 
 def merge_thresholds(overrides: dict | None) -> dict:
+    """Defaults updated by `overrides`: a flat dict or a whole gate_thresholds.yaml document."""
+    overrides = overrides or {}
+    if isinstance(overrides.get("thresholds"), dict):
+        overrides = overrides["thresholds"]
     out = copy.deepcopy(DEFAULT_THRESHOLDS)
-    out.update(overrides or {})
+    out.update(overrides)
     if not 0.0 <= out["delta1"] <= out["delta2"] <= 1.0:
         raise ValueError(f"need 0 <= delta1 <= delta2 <= 1, got delta1={out['delta1']} delta2={out['delta2']}")
     n = len(out["features"])
@@ -62,7 +66,7 @@ def load_thresholds(path: str | Path | None = None) -> dict:
     if path is None:
         return merge_thresholds(None)
     data = yaml.safe_load(Path(path).read_text()) or {}
-    return merge_thresholds(data.get("thresholds", data)) | {"file": str(path)}
+    return merge_thresholds(data) | {"file": str(path)}
 
 
 def query_gradient(model, tokenizer, query: str, max_tokens: int = 128) -> dict:
