@@ -20,7 +20,8 @@ class ClientNode:
     def __init__(self, context_node_name: str):
         import rclpy
 
-        self.node = rclpy.create_node(context_node_name)
+        # not the process's --ros-args: a global __node:= remap would give it the gateway's name
+        self.node = rclpy.create_node(context_node_name, use_global_arguments=False)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._executor.spin, name=f"{context_node_name}-spin", daemon=True)
