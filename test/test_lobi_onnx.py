@@ -133,3 +133,21 @@ def test_tensorrt_engine_runs_like_torch(art):
     assert ((got - full).norm() / full.norm()).item() < 0.02  # fp16 engine
     sess.rollback(12)
     assert torch.allclose(sess.forward(ids[12:16]), got[12:16], atol=1e-2 * full.abs().max().item())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_compressed_drafter_inside_hsd_keeps_greedy_output_identical(art, backend):
+    from hola_ros.core.drafters import LocalDrafter
+    from hola_ros.core.hsd import GenerationConfig, generate
+    from hola_ros.core.lobi import load_artifact
+    from hola_ros.core.models import load_model
+
+    path, _, base = art
+    target = load_model(str(base))
+    draft = load_artifact(path, backend=backend, base=target)
+    prompt = target.encode("The robot moves to the kitchen and picks up 3 red cups. Then it")
+    ar = generate(target, prompt, GenerationConfig(max_new_tokens=40, mode="ar"))
+    hsd = generate(target, prompt, GenerationConfig(max_new_tokens=40), drafter=LocalDrafter(ngram=False, model=draft))
+    assert hsd.token_ids == ar.token_ids and len(ar.token_ids) > 0
+    assert hsd.stats["proposed_per_level"]["L1"] > 0
+    assert hsd.stats["acceptance_rate"] > 0.3  # a close copy of the target, so most drafts pass

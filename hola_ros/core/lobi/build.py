@@ -94,11 +94,18 @@ def _cost(parts: dict, bits: int, group: int) -> int:
     return sum(nbytes(tuple(t.shape), bits, group) for t in parts.values())
 
 
-def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, calib_size: int = 64,
-                   seq_len: int = 128, search_seqs: int = 8, rank_tol: float = 0.1, pay_ratio: float = 0.6,
-                   group: int = 32, lowrank: bool = True, recovery_s: float = 0.0, export=(), threads=None,
-                   progress=None, command: str | None = None, head_rows: int = 256) -> dict:
-    """Compress `model` into an artifact directory at `out`; returns the manifest."""
+def build_artifact(out, budget_mb: float, **options) -> dict:
+    """Compress a model into an artifact directory at `out` under `budget_mb`; returns the
+    manifest. Options: see build_artifacts."""
+    return build_artifacts([(out, budget_mb)], **options)[0]
+
+
+def build_artifacts(targets, model: str | None = None, calib=None, calib_size: int = 64, seq_len: int = 128,
+                    search_seqs: int = 8, rank_tol: float = 0.1, pay_ratio: float = 0.6, group: int = 32,
+                    lowrank: bool = True, recovery_s: float = 0.0, export=(), threads=None, progress=None,
+                    command: str | None = None, head_rows: int = 256) -> list[dict]:
+    """One calibration and low-rank pass, then one artifact per (out, budget_mb) in `targets`:
+    only the bit search and the quantized weights depend on the budget."""
     from hola_ros.core.models import DEFAULT_MODEL, load_model
 
     t_start = time.perf_counter()
@@ -106,9 +113,10 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
     unknown = set(export) - {"onnx", "tensorrt"}
     if unknown:
         raise ValueError(f"unknown export target(s) {sorted(unknown)}; use onnx and/or tensorrt")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not artifact.is_artifact(out):
-        raise FileExistsError(f"{out} exists and is not a Lo-Bi artifact; choose another --out")
+    targets = [(Path(out), float(budget)) for out, budget in targets]
+    for out, _ in targets:
+        if out.exists() and any(out.iterdir()) and not artifact.is_artifact(out):
+            raise FileExistsError(f"{out} exists and is not a Lo-Bi artifact; choose another --out")
     model = model or DEFAULT_MODEL
     base = load_model(model, packed=False, threads=threads)
     hf = base.model
@@ -145,10 +153,11 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
         layers["lm_head"]["tied"] = True
         del parts["lm_head"]
 
+    recovery = {"steps": 0}
     if recovery_s > 0:
         from .recovery import recover
 
-        recover(hf, parts, seqs, seconds=recovery_s, progress=progress)
+        recovery = recover(hf, parts, seqs, cal.gram, seconds=recovery_s, progress=progress)
 
     # 2) per-block bits: measure every choice, then the budgeted search
     embed = hf.model.embed_tokens.weight.detach()
@@ -192,70 +201,71 @@ def build_artifact(out, budget_mb: float, model: str | None = None, calib=None, 
             progress("bit search", k + 1, len(blocks))
     fp32_names = [n for n, _ in hf.named_parameters() if n.endswith("norm.weight")]
     fixed = sum(hf.get_parameter(n).numel() * 4 for n in fp32_names)
-    budget = int(budget_mb * 1e6)
-    bits_of = search_bits(errors, costs, budget, fixed_bytes=fixed)
-
-    # 3) quantize and write
-    tensors: dict[str, torch.Tensor] = {n: hf.get_parameter(n).detach().float().contiguous() for n in fp32_names}
-    for block, members in blocks.items():
-        for name, p in members.items():
-            for part, w in p.items():
-                prefix = name if part == "w" else f"{name}.{part}"
-                tensors.update(quantize(w, bits_of[block], group).tensors(prefix))
+    choices = [search_bits(errors, costs, int(budget * 1e6), fixed_bytes=fixed) for _, budget in targets]
     layers["model.embed_tokens"] = {"shape": list(embed.shape), "rank": None, "lowrank_error": 0.0}
     parts["model.embed_tokens"] = blocks["embed"]["model.embed_tokens"]
-    for name, entry in layers.items():
-        entry["bits"] = bits_of["embed" if entry.get("tied") else arch.block_of(name)]
-        entry["bytes"] = 0 if entry.get("tied") else _cost(parts[name], entry["bits"], group)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
-    try:
-        from safetensors.torch import save_file
+    manifests = []
+    for (out, budget_mb), bits_of in zip(targets, choices):  # 3) quantize and write each artifact
+        tensors: dict[str, torch.Tensor] = {n: hf.get_parameter(n).detach().float().contiguous() for n in fp32_names}
+        for block, members in blocks.items():
+            for name, p in members.items():
+                for part, w in p.items():
+                    prefix = name if part == "w" else f"{name}.{part}"
+                    tensors.update(quantize(w, bits_of[block], group).tensors(prefix))
+        layers = copy.deepcopy(layers)
+        for name, entry in layers.items():
+            entry["bits"] = bits_of["embed" if entry.get("tied") else arch.block_of(name)]
+            entry["bytes"] = 0 if entry.get("tied") else _cost(parts[name], entry["bits"], group)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+        try:
+            from safetensors.torch import save_file
 
-        save_file(tensors, str(tmp / artifact.WEIGHTS))
-        new_cfg = copy.deepcopy(hf.config)
-        new_cfg.tie_word_embeddings = tied
-        new_cfg.quantization_config = None
-        new_cfg.save_pretrained(tmp)
-        hf.generation_config.save_pretrained(tmp)
-        base.tokenizer.save_pretrained(tmp)
-        n_params = sum(p.numel() for p in hf.parameters())
-        manifest = {
-            "format": artifact.FORMAT, "version": artifact.VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "build_command": command or " ".join(sys.argv),
-            "base": {"id": base.name, "spec": str(model), "source": base.source,
-                     "sha256": artifact.model_dir_sha256(base.source),
-                     "architecture": type(hf).__name__, "params": n_params},
-            "calibration": {"file": str(calib_path), "sha256": file_sha256(calib_path), "samples": len(texts),
-                            "sequences": int(len(seqs)), "seq_len": seq_len, "tokens": cal.tokens,
-                            "search_sequences": int(len(cal.search_ids)), "head_rows": int(len(head_in))},
-            "lowrank": {"enabled": lowrank, "rank_tol": rank_tol, "pay_ratio": pay_ratio,
-                        "criterion": "relative calibration output error of the whitened truncated SVD",
-                        "recovery_s": recovery_s},
-            "quant": {"scheme": "groupwise-affine-uint (w = (q - zp) * fp16 scale), 16 = fp16",
-                      "group_size": group, "choices": list(CHOICES), "budget_mb": budget_mb,
-                      "min_feasible_mb": (fixed + sum(min(c.values()) for c in costs.values())) / 1e6},
-            "blocks": {b: {"bits": bits_of[b], "error": errors[b][bits_of[b]], "bytes": costs[b][bits_of[b]],
-                           "errors": {str(k): v for k, v in errors[b].items()}} for b in blocks},
-            "layers": layers,
-            "fp32": fp32_names,
-            "error": {"block_error_sum": sum(errors[b][bits_of[b]] for b in blocks)},
-            "bytes": {"weights": fixed + sum(costs[b][bits_of[b]] for b in blocks), "base_fp32": n_params * 4},
-            "exports": {},
-        }
-        manifest["error"].update(_end_to_end(hf, artifact.build_torch_model(tmp, manifest, tensors), cal.search_ids))
-        manifest["bytes"]["weights_file"] = (tmp / artifact.WEIGHTS).stat().st_size
-        _export(tmp, manifest, export, progress)
-        manifest["bytes"]["on_disk"] = artifact.dir_bytes(tmp)
-        manifest["build_s"] = round(time.perf_counter() - t_start, 1)
-        artifact.write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+            save_file(tensors, str(tmp / artifact.WEIGHTS))
+            new_cfg = copy.deepcopy(hf.config)
+            new_cfg.tie_word_embeddings = tied
+            new_cfg.quantization_config = None
+            new_cfg.save_pretrained(tmp)
+            hf.generation_config.save_pretrained(tmp)
+            base.tokenizer.save_pretrained(tmp)
+            n_params = sum(p.numel() for p in hf.parameters())
+            manifest = {
+                "format": artifact.FORMAT, "version": artifact.VERSION,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "build_command": command or " ".join(sys.argv),
+                "base": {"id": base.name, "spec": str(model), "source": base.source,
+                         "sha256": artifact.model_dir_sha256(base.source),
+                         "architecture": type(hf).__name__, "params": n_params},
+                "calibration": {"file": str(calib_path), "sha256": file_sha256(calib_path), "samples": len(texts),
+                                "sequences": int(len(seqs)), "seq_len": seq_len, "tokens": cal.tokens,
+                                "search_sequences": int(len(cal.search_ids)), "head_rows": int(len(head_in))},
+                "lowrank": {"enabled": lowrank, "rank_tol": rank_tol, "pay_ratio": pay_ratio,
+                            "criterion": "relative calibration output error of the whitened truncated SVD",
+                            "recovery_s": recovery_s, "recovery": recovery},
+                "quant": {"scheme": "groupwise-affine-uint (w = (q - zp) * fp16 scale), 16 = fp16",
+                          "group_size": group, "choices": list(CHOICES), "budget_mb": budget_mb,
+                          "min_feasible_mb": (fixed + sum(min(c.values()) for c in costs.values())) / 1e6},
+                "blocks": {b: {"bits": bits_of[b], "error": errors[b][bits_of[b]], "bytes": costs[b][bits_of[b]],
+                               "errors": {str(k): v for k, v in errors[b].items()}} for b in blocks},
+                "layers": layers,
+                "fp32": fp32_names,
+                "error": {"block_error_sum": sum(errors[b][bits_of[b]] for b in blocks)},
+                "bytes": {"weights": fixed + sum(costs[b][bits_of[b]] for b in blocks), "base_fp32": n_params * 4},
+                "exports": {},
+            }
+            manifest["error"].update(_end_to_end(hf, artifact.build_torch_model(tmp, manifest, tensors), cal.search_ids))
+            manifest["bytes"]["weights_file"] = (tmp / artifact.WEIGHTS).stat().st_size
+            _export(tmp, manifest, export, progress)
+            manifest["bytes"]["on_disk"] = artifact.dir_bytes(tmp)
+            manifest["build_s"] = round(time.perf_counter() - t_start, 1)
+            artifact.write_manifest(tmp, manifest)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        manifests.append(manifest)
+    return manifests
 
 
 def _export(path, manifest: dict, export, progress) -> None:
