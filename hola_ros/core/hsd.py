@@ -38,6 +38,7 @@ class GenerationConfig:
     draft_len_max: int = 16
     adaptive_draft: bool = True  # +2 after a fully accepted block, -1 after a rejection
     levels: tuple[int, ...] = (0, 1)  # drafting levels whose tokens are used
+    ignore_eos: bool = False  # benchmarks: keep going past EOS so every run has max_new_tokens
 
     def validate(self) -> None:
         if self.mode not in ("hsd", "ar"):
@@ -159,7 +160,8 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
                 k = min(cfg.draft_len_max, k + 2) if accepted == len(draft) else max(cfg.draft_len_min, k - 1)
 
             block = draft[:accepted] + [nxt]
-            eos_at = next((i for i, t in enumerate(block) if t in target.eos_token_ids), None)
+            eos_at = None if cfg.ignore_eos else next(
+                (i for i, t in enumerate(block) if t in target.eos_token_ids), None)
             if eos_at is not None:
                 block, stop_reason = block[:eos_at], "eos"
             text_delta, stop_n = stream.push(block)
