@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     n = args.max_new_tokens
 
     def ours(system, ids):
-        drafter = {"ar": None, "hsd_l0": LocalDrafter(ngram=True),
-                   "hsd_l1": LocalDrafter(ngram=False, model=l1),
-                   "hsd_l0_l1": LocalDrafter(ngram=True, model=l1)}[system]
+        drafter = {"ar": lambda: None, "hsd_l0": lambda: LocalDrafter(ngram=True),
+                   "hsd_l1": lambda: LocalDrafter(ngram=False, model=l1),
+                   "hsd_l0_l1": lambda: LocalDrafter(ngram=True, model=l1)}[system]()
         res = generate(target, ids, GenerationConfig(mode="ar" if system == "ar" else "hsd", max_new_tokens=n,
                                                      ignore_eos=True), drafter=drafter)
         return res.token_ids, res.stats
