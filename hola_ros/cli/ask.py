@@ -18,25 +18,36 @@ def register(sub) -> None:
     parser.add_argument("--request-id", default="", help="default: a new unique id")
     parser.add_argument("--timeout", type=float, default=300.0,
                         help="seconds for the whole call, waiting for the service included (default 300)")
+    parser.add_argument("--liveness", type=float, default=10.0, metavar="S",
+                        help="fail when the verifier's telemetry stops for S seconds mid-request "
+                             "(default 10; keep it above the telemetry period)")
     parser.add_argument("--json", action="store_true", help="print the final response as one JSON object")
     parser.set_defaults(run=run)
 
 
-class Watch:
-    """True once `condition` has held continuously for grace_s (discovery can flicker)."""
+class VerifierLiveness:
+    """Which verifier processes are alive, from their /hola/telemetry. A request's verifier that
+    falls silent (killed, restarted: DDS may keep a dead server "ready" for many seconds, and a
+    respawned one answers only new requests) means the request died with it."""
 
-    def __init__(self, condition, grace_s: float):
+    def __init__(self, silence_s: float):
         import time
 
-        self._condition, self._grace_s, self._clock = condition, grace_s, time.monotonic
-        self._since = None
+        self._clock, self.silence_s = time.monotonic, silence_s
+        self.last_seen: dict[str, float] = {}
+        self.watched: set[str] = set()
 
-    def __call__(self) -> bool:
-        if not self._condition():
-            self._since = None
-            return False
-        self._since = self._since or self._clock()
-        return self._clock() - self._since >= self._grace_s
+    def on_telemetry(self, msg) -> None:
+        if msg.role == "verifier":
+            self.last_seen[msg.instance_id] = self._clock()
+
+    def watch_live(self) -> None:
+        now = self._clock()
+        self.watched = {i for i, seen in self.last_seen.items() if now - seen < self.silence_s}
+
+    def gone(self) -> bool:
+        now = self._clock()
+        return bool(self.watched) and all(now - self.last_seen[i] > self.silence_s for i in self.watched)
 
 
 def run(args) -> int:
@@ -49,7 +60,7 @@ def run(args) -> int:
     import rclpy
     from rclpy.event_handler import SubscriptionEventCallbacks
 
-    from hola_ros.msg import ResponseChunk
+    from hola_ros.msg import ResponseChunk, Telemetry
     from hola_ros.nodes.convert import msg_to_dict
     from hola_ros.nodes.verifier import RESPONSE_QOS
     from hola_ros.srv import Ask
@@ -75,6 +86,8 @@ def run(args) -> int:
     node.create_subscription(ResponseChunk, "/hola/response", on_chunk, RESPONSE_QOS,
                              event_callbacks=SubscriptionEventCallbacks(
                                  matched=lambda info: matched.set() if info.current_count > 0 else None))
+    liveness = VerifierLiveness(args.liveness)
+    node.create_subscription(Telemetry, "/hola/telemetry", liveness.on_telemetry, 50)
     client = node.create_client(Ask, "/hola/ask")
 
     def spin_until(condition, until) -> bool:
@@ -93,18 +106,18 @@ def run(args) -> int:
             code = EXIT_TIMEOUT
         else:
             # the stream is only complete if our subscription matched the verifier's publisher first
-            spin_until(matched.is_set, min(deadline, time.monotonic() + 5.0))
+            spin_until(lambda: matched.is_set() and liveness.last_seen, min(deadline, time.monotonic() + 5.0))
+            liveness.watch_live()
             future = client.call_async(Ask.Request(
                 prompt=args.text, request_id=request_id, max_new_tokens=args.max_new_tokens,
                 temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                 retrieval_mode=args.retrieval, decoding_mode=args.mode))
-            # a verifier that dies mid-request never answers: notice it leaving the graph
-            gone = Watch(lambda: not client.service_is_ready(), grace_s=3.0)
-            if not spin_until(lambda: future.done() or gone(), deadline):
+            if not spin_until(lambda: future.done() or liveness.gone(), deadline):
                 result["error"] = f"no answer within {args.timeout:.0f} s"
                 code = EXIT_TIMEOUT
             elif not future.done():
-                result["error"] = "the verifier went away before answering (node restarted or stopped)"
+                result["error"] = (f"the verifier went away before answering (no telemetry for {args.liveness:.0f} s: "
+                                   "node stopped or restarted)")
             else:
                 response = future.result()
                 if response.success or deltas:  # accepted requests end with a final chunk

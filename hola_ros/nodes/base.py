@@ -3,6 +3,7 @@ import math
 import socket
 import sys
 import time
+import uuid
 from typing import Callable
 
 import rclpy
@@ -23,8 +24,9 @@ class HolaNode(LifecycleNode):
     deactivate_resources (load / free models, create / destroy their services) and
     telemetry_figures."""
 
-    def __init__(self, name: str, params: dict, checks: dict[str, tuple[Callable, str]] | None = None):
+    def __init__(self, name: str, role: str, params: dict, checks: dict[str, tuple[Callable, str]] | None = None):
         super().__init__(name)
+        self.role, self.instance_id = role, uuid.uuid4().hex
         self._checks = {"telemetry_rate_hz": (lambda v: 0 < v <= 100, "must be in (0, 100]"), **(checks or {})}
         self.declare_parameter("autostart", True)
         self.declare_parameter("telemetry_rate_hz", 1.0)
@@ -102,7 +104,8 @@ class HolaNode(LifecycleNode):
 
     def _publish_telemetry(self) -> None:
         figures = {**self._sampler.sample(), **self.telemetry_figures()}
-        msg = Telemetry(stamp=self.get_clock().now().to_msg(), node=self.get_name(), state=self.state_label)
+        msg = Telemetry(stamp=self.get_clock().now().to_msg(), node=self.get_name(), role=self.role,
+                        instance_id=self.instance_id, state=self.state_label)
         for key, value in figures.items():
             if hasattr(msg, key):
                 setattr(msg, key, type(getattr(msg, key))(value))

@@ -26,7 +26,7 @@ CHECKS = {
 
 class DrafterNode(HolaNode):
     def __init__(self):
-        super().__init__("hola_drafter", PARAMS, CHECKS)
+        super().__init__("hola_drafter", "drafter", PARAMS, CHECKS)
         self._drafter = self._srv = None
         self._open: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()

@@ -42,7 +42,7 @@ def _thresholds(path_param: str) -> dict | None:
 
 class RetrieverNode(HolaNode):
     def __init__(self):
-        super().__init__("hola_retriever", PARAMS, CHECKS)
+        super().__init__("hola_retriever", "retriever", PARAMS, CHECKS)
         self._retriever = self._srv = None
         self._served = self._failed = 0
 

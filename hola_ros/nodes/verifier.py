@@ -51,7 +51,7 @@ REQUEST_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 class VerifierNode(HolaNode):
     def __init__(self):
-        super().__init__("hola_verifier", PARAMS, CHECKS)
+        super().__init__("hola_verifier", "verifier", PARAMS, CHECKS)
         self._response_pub = self.create_publisher(ResponseChunk, "/hola/response", RESPONSE_QOS)
         self._model = self._scheduler = self._peers = None
         self._ask_srv = self._cancel_srv = self._action = None

@@ -1,0 +1,68 @@
+"""hola-ros soak: many short requests through the real node graph, watching each node's RSS."""
+
+PROMPTS = ["Where is charging dock CD-5?", "What does error E-305 mean?", "Say hello to the operator.",
+           "What is the speed limit in the loading area?", "How often are the wheels cleaned?"]
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("soak", help="long run: N short requests through a fresh graph; reports RSS growth")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20, help="requests before the RSS baseline (default 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--out", default="results/soak", help="directory for soak.md / soak.json")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import psutil
+    from tqdm import tqdm
+
+    from hola_ros.local_graph import LocalGraph, wait_future
+    from hola_ros.srv import Ask
+
+    if args.requests < 1 or args.warmup < 0:
+        raise SystemExit("hola-ros soak: --requests must be >= 1 and --warmup >= 0")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples, failures = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        graph = LocalGraph(Path(tmp))
+        try:
+            graph.wait_active()
+            pids = graph.node_pids()
+            client = graph.node.create_client(Ask, "/hola/ask")
+            client.wait_for_service(timeout_sec=60)
+            started = time.monotonic()
+            total = args.warmup + args.requests
+            for i in tqdm(range(total), desc="soak", unit="req"):
+                modes = ("auto", "off", "single")
+                response = wait_future(client.call_async(Ask.Request(
+                    prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=args.max_new_tokens,
+                    retrieval_mode=modes[i % len(modes)], decoding_mode="hsd" if i % 2 else "ar")), 300)
+                if not response.success:
+                    failures.append(response.error)
+                if i + 1 == args.warmup or (i + 1 > args.warmup and (i + 1 - args.warmup) % 50 == 0) or i + 1 == total:
+                    rss = {name: psutil.Process(pid).memory_info().rss for name, pid in pids.items()}
+                    samples.append({"requests": i + 1, "elapsed_s": time.monotonic() - started, "rss_bytes": rss})
+        finally:
+            graph.stop()
+    base, last = samples[0], samples[-1]
+    served = last["requests"] - base["requests"]
+    report = {"requests_after_warmup": served, "failures": len(failures), "failure_examples": failures[:5],
+              "samples": samples,
+              "growth_mb": {n: (last["rss_bytes"][n] - base["rss_bytes"][n]) / 2**20 for n in base["rss_bytes"]}}
+    (out / "soak.json").write_text(json.dumps(report, indent=2))
+    lines = [f"{served} requests after {args.warmup} warm-up requests, {len(failures)} failed, "
+             f"{last['elapsed_s']:.0f} s", "", "| node | RSS after warm-up MB | RSS at end MB | growth MB | per 100 requests MB |",
+             "|---|---|---|---|---|"]
+    for name in sorted(base["rss_bytes"]):
+        a, b = base["rss_bytes"][name] / 2**20, last["rss_bytes"][name] / 2**20
+        lines.append(f"| {name} | {a:.0f} | {b:.0f} | {b - a:+.1f} | {(b - a) * 100 / max(served, 1):+.2f} |")
+    (out / "soak.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 1 if failures else 0
