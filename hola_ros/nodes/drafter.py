@@ -7,17 +7,20 @@ import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
+from hola_ros.core.engines import BACKENDS
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.srv import Draft
 
 PARAMS = {
     "ngram": True,          # level 0
-    "l1_model": "",         # level 1: model spec (default name | HF dir | .gguf); empty: off
+    "l1_model": "",         # level 1: model spec (default name | HF dir | .gguf) or Lo-Bi artifact dir; empty: off
+    "backend": "auto",      # of a Lo-Bi artifact: auto | torch | onnxruntime | tensorrt
     "dtype": "float32",
     "threads": 2,
     "max_open_requests": 32,
 }
 CHECKS = {
+    "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "max_open_requests": (lambda v: 1 <= v <= 10000, "must be in [1, 10000]"),
@@ -34,10 +37,10 @@ class DrafterNode(HolaNode):
 
     def activate_resources(self) -> None:
         from hola_ros.core.drafters import LocalDrafter
-        from hola_ros.core.models import load_model
+        from hola_ros.core.engines import load_engine
 
         spec = self.param("l1_model")
-        model = load_model(spec, dtype=self.param("dtype"), threads=self.param("threads")) if spec else None
+        model = load_engine(spec, self.param("dtype"), self.param("threads"), self.param("backend")) if spec else None
         self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
         self._srv = self.create_service(Draft, "/hola/draft", self._on_draft,
                                         callback_group=MutuallyExclusiveCallbackGroup())

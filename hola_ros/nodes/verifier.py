@@ -8,6 +8,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from hola_ros.action import Generate
+from hola_ros.core.engines import BACKENDS
 from hola_ros.core.requests import Limits, RequestError, validate_request
 from hola_ros.core.scheduler import Busy, Job, Outcome, Scheduler
 from hola_ros.msg import ResponseChunk
@@ -17,7 +18,8 @@ from hola_ros.nodes.convert import stats_to_msg
 from hola_ros.srv import Ask, Cancel
 
 PARAMS = {
-    "model": "smollm2-135m-instruct",   # default name | HF model dir | .gguf path
+    "model": "smollm2-135m-instruct",   # default name | HF model dir | .gguf path | Lo-Bi artifact dir
+    "backend": "auto",                  # of a Lo-Bi artifact: auto | torch | onnxruntime | tensorrt
     "dtype": "float32",
     "threads": 2,
     "max_new_tokens_default": 128,
@@ -32,6 +34,7 @@ PARAMS = {
     "entropy_gate_tau": 0.0,            # > 0: the paper's lossy gate (flagged lossy); 0 = lossless
 }
 CHECKS = {
+    "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "max_new_tokens_default": (lambda v: v >= 1, "must be >= 1"),
@@ -68,9 +71,9 @@ class VerifierNode(HolaNode):
                       max_prompt_bytes=self.param("max_prompt_bytes"))
 
     def activate_resources(self) -> None:
-        from hola_ros.core.models import load_model
+        from hola_ros.core.engines import load_engine
 
-        self._model = load_model(self.param("model"), dtype=self.param("dtype"), threads=self.param("threads"))
+        self._model = load_engine(self.param("model"), self.param("dtype"), self.param("threads"), self.param("backend"))
         self._peers = ClientNode("hola_verifier_clients")
         self._drafter = RemoteDrafter(self._peers, self.param("draft_timeout_s"))
         self._retriever = RemoteRetriever(self._peers, self.param("retrieve_timeout_s"))
