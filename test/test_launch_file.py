@@ -1,0 +1,60 @@
+"""launch/edge.launch.py with stand-ins for `launch` / `launch_ros` (not installable here):
+the nodes it would start are exactly those of config/graph.yaml."""
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+from hola_ros.graph import load_graph
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorded:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def stand_ins(monkeypatch, graph_arg: str):
+    launch = types.ModuleType("launch")
+    launch.LaunchDescription = lambda entities: list(entities)
+    actions = types.ModuleType("launch.actions")
+    actions.DeclareLaunchArgument = Recorded
+    actions.OpaqueFunction = Recorded
+    substitutions = types.ModuleType("launch.substitutions")
+    substitutions.LaunchConfiguration = lambda name: types.SimpleNamespace(perform=lambda context: graph_arg)
+    launch_ros = types.ModuleType("launch_ros")
+    ros_actions = types.ModuleType("launch_ros.actions")
+    ros_actions.LifecycleNode = Recorded
+    for name, module in {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
+                         "launch_ros": launch_ros, "launch_ros.actions": ros_actions}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def load_launch_file():
+    spec = importlib.util.spec_from_file_location("edge_launch", ROOT / "launch" / "edge.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launched_nodes(monkeypatch, graph_arg=""):
+    stand_ins(monkeypatch, graph_arg)
+    description = load_launch_file().generate_launch_description()
+    opaque = [e for e in description if "function" in e.kwargs][0]
+    return [n.kwargs for n in opaque.kwargs["function"](context=None)]
+
+
+def test_launch_starts_the_graph_config_nodes_as_lifecycle_nodes(monkeypatch):
+    graph = load_graph()
+    nodes = launched_nodes(monkeypatch)
+    assert [(n["name"], n["executable"], n["respawn"], n["respawn_delay"]) for n in nodes] == \
+        [(s.name, s.executable, s.respawn, s.respawn_delay) for s in graph.nodes]
+    assert all(n["package"] == "hola_ros" and n["parameters"] == [str(graph.parameters)] for n in nodes)
+
+
+def test_launch_argument_selects_another_graph(monkeypatch, tmp_path):
+    (tmp_path / "p.yaml").write_text("{}\n")
+    (tmp_path / "g.yaml").write_text("parameters: p.yaml\nnodes:\n  - {name: solo, executable: verifier, respawn: false}\n")
+    nodes = launched_nodes(monkeypatch, str(tmp_path / "g.yaml"))
+    assert [(n["name"], n["respawn"], n["parameters"]) for n in nodes] == [("solo", False, [str(tmp_path / "p.yaml")])]
