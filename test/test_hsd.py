@@ -88,7 +88,8 @@ def test_hsd_equals_ar_with_ngram_random_and_perfect_drafters(models):
                 "random": RandomDrafter(m.vocab_size, seed=i),
                 "oracle": OracleDrafter(p, ref.token_ids),
                 "self-l1": LocalDrafter(ngram=False, model=m),
-                "bad-l1+ngram": LocalDrafter(ngram=True, model=drafter_model, min_confidence=0.0),
+                "bad-l1+ngram": LocalDrafter(ngram=True, model=drafter_model, min_confidence=0.0, recheck=True),
+                "ngram-then-l1": LocalDrafter(ngram=True, min_ngram=3, model=drafter_model),
             }
             for name, d in cases.items():
                 res = generate(m, p, GenerationConfig(mode="hsd", max_new_tokens=40), drafter=d)
@@ -276,7 +277,7 @@ def test_staged_l1_cuts_a_wrong_l0_draft(models):
     truth = ar(m, ctx, n=6).token_ids
     wrong = (truth[2] + 1) % 256
     misleading = [ctx[-1]] + truth[:2] + [wrong]  # an earlier "copy" that goes wrong at its third token
-    d = LocalDrafter(ngram=True, model=m, min_ngram=1, min_confidence=0.0)
+    d = LocalDrafter(ngram=True, model=m, min_ngram=1, min_confidence=0.0, recheck=True)
     d.open("r", ctx)
     d.requests["r"].ngram = NgramIndex(4, 1)
     d.requests["r"].ngram.extend(misleading + ctx)

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--n-passage", type=int, default=4, help="passage-grounded prompts")
     p.add_argument("--n-gsm8k", type=int, default=4, help="GSM8K-train questions")
     p.add_argument("--gsm8k", default="/work/shared/data/gsm8k/train.jsonl")
-    p.add_argument("--kb", default=None, help="folder of passages (default: data/kb of the repository)")
+    p.add_argument("--kb", default=None, help="folder of passages (default: the packaged demo knowledge base)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list from: " + ", ".join(SYSTEMS))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="results folder (default: results/hsd-bench-<time>)")
@@ -37,7 +37,9 @@ def build_prompts(target, args):
     import json
     from pathlib import Path
 
-    kb = Path(args.kb) if args.kb else Path(__file__).resolve().parents[2] / "data" / "kb"
+    from hola_ros.core.retrieval.ingest import demo_kb_dir
+
+    kb = Path(args.kb) if args.kb else demo_kb_dir()
     sets = {"passage": [], "gsm8k": []}
     for name, question in PASSAGE_QUESTIONS[:args.n_passage]:
         passage = (kb / name).read_text()

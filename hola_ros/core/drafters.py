@@ -16,7 +16,7 @@ class NgramIndex:
     match and chains lookups when the copied run reaches the end of the context.
     """
 
-    def __init__(self, max_n: int = 4, min_n: int = 2):
+    def __init__(self, max_n: int = 4, min_n: int = 1):
         if not 1 <= min_n <= max_n:
             raise ValueError("need 1 <= min_n <= max_n")
         self.max_n, self.min_n = max_n, min_n
@@ -86,14 +86,16 @@ class _Request:
 class LocalDrafter:
     """L0 n-gram and/or L1 model drafting in this process (the drafter node wraps the same).
 
-    Staged: when L0 finds a match its copy is proposed; with `recheck` the L1 model reads it in
-    one batched pass, cuts it at the first token it disagrees with (substituting its own) and
-    extends it; when L0 has nothing, L1 drafts alone. L1 stops early once its top probability
-    falls below `min_confidence`, so uncertain drafts do not waste verifier rows.
+    Staged: L0 goes first and its copy is proposed when it finds a match; when it has nothing,
+    L1 drafts alone. With `recheck` L1 also reads every L0 copy in one batched pass, cuts it at
+    the first token it disagrees with (substituting its own) and extends it; that raised the
+    accepted tokens per target pass but cost more L1 time than it saved on the dev CPU (see
+    docs/hsd.md), so it is off by default. L1 stops early once its top probability falls below
+    `min_confidence`, so uncertain drafts do not waste verifier rows.
     """
 
-    def __init__(self, ngram: bool = True, model=None, max_ngram: int = 4, min_ngram: int = 2,
-                 recheck: bool = True, min_confidence: float = 0.4):
+    def __init__(self, ngram: bool = True, model=None, max_ngram: int = 4, min_ngram: int = 1,
+                 recheck: bool = False, min_confidence: float = 0.4):
         if not ngram and model is None:
             raise ValueError("LocalDrafter needs at least one level (ngram=True or a model)")
         self.use_ngram, self.model = ngram, model
