@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     stock = load_model(spec, packed=False, threads=args.threads) if any(s.startswith("hf_") for s in systems) else None
     sets = build_prompts(target, args)
     n = args.max_new_tokens
+    out = Path(args.out or f"results/hsd-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    progress = open(out / "runs.jsonl", "w")  # each run as it finishes (long runs on a shared machine)
 
     def ours(system, ids):
         drafter = {"ar": lambda: None, "hsd_l0": lambda: LocalDrafter(ngram=True),
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
                              "mean_accepted_block": stats.get("mean_accepted_block"),
                              "target_forwards": stats.get("target_forwards"),
                              "same_as_ar": None if ref is None or system.startswith("hf_") else toks == ref})
+                progress.write(json.dumps(rows[-1]) + "\n")
+                progress.flush()
                 print(f"{set_name}[{i}] {system:17s} {stats['tokens_per_s']:6.2f} tok/s"
                       + (f"  acc {stats['acceptance_rate']:.2f}" if "acceptance_rate" in stats else ""),
                       file=sys.stderr, flush=True)
@@ -152,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
             platform.machine(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
             "row_invariant": target.info.get("row_invariant"), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": "hola-ros bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])}
-    out = Path(args.out or f"results/hsd-bench-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    progress.close()
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
     md = markdown(meta, summary, systems)
     (out / "results.md").write_text(md)
