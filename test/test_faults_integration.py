@@ -6,8 +6,9 @@ import threading
 import time
 
 import pytest
+from conftest import run_graph_for_module
 
-from hola_ros.local_graph import LocalGraph, wait_future
+from hola_ros.local_graph import wait_future
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +29,7 @@ hola_retriever:
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    g = LocalGraph(tmp_path_factory.mktemp("faults"), PARAMS)
-    try:
-        g.wait_active()
-        yield g
-    finally:
-        assert g.stop() == 0, g.log_text()[-3000:]
+    yield from run_graph_for_module(tmp_path_factory, "faults", PARAMS)
 
 
 def test_burst_of_50_requests_every_one_answered_accepted_ones_streamed(graph):

@@ -4,10 +4,10 @@ import json
 import threading
 import time
 
-import psutil
 import pytest
+from conftest import run_graph_for_module
 
-from hola_ros.local_graph import LocalGraph, wait_future
+from hola_ros.local_graph import wait_future
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,7 @@ PARAMS = """
 
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
-    g = LocalGraph(tmp_path_factory.mktemp("graph"), PARAMS)
-    try:
-        g.wait_active()
-        yield g
-    finally:
-        pids = list(g.node_pids().values())
-        code = g.stop()
-        time.sleep(0.5)
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        assert code == 0 and not alive, f"unclean shutdown: code {code}, alive {alive}\n{g.log_text()[-3000:]}"
+    yield from run_graph_for_module(tmp_path_factory, "graph", PARAMS)
 
 
 def collect(graph, msg_type, topic, qos=10):
