@@ -102,7 +102,7 @@ def test_rag_lobi_and_entropy_gate_configurations(tmp_path, target):
     rows = ResultsFile(tmp_path / "run" / "results.jsonl").rows()
     rag = [r for r in rows if r["config"] == "hsd_rag"]
     ar = {r["id"]: r for r in rows if r["config"] == "ar"}
-    assert len(calls) == 3 and all(mode == "auto" for _, mode in calls)
+    assert {q for q, _ in calls} == {r["question"] for r in rag} and all(mode == "auto" for _, mode in calls)
     assert summary["hsd_rag"]["retrieval_levels"] == {"1": 3}
     assert all(r["prompt_tokens"] > ar[r["id"]]["prompt_tokens"] for r in rag)  # the passage is in the prompt
     assert summary["entropy_gate"]["lossy"] and not summary["hsd_rag"]["lossy"]
