@@ -26,6 +26,10 @@ def test_cli_build_with_recovery_and_onnx_then_show(tmp_path, capsys):
 
     assert main(["lobi", "show", str(tmp_path / "arts" / "base-0.2mb"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quant"]["budget_mb"] == 0.2
+    assert main(["lobi", "export", str(tmp_path / "arts" / "base-0.2mb"), "--to", "tensorrt"]) == 0
+    exported = read_manifest(tmp_path / "arts" / "base-0.2mb")
+    assert exported["exports"]["onnx_dense"]["flavour"] == "dense" and "onnx" in exported["exports"]
+    assert exported["bytes"]["on_disk"] > large["bytes"]["on_disk"]
 
     assert main(args + ["--budget-mb", "0.001", "--out", str(tmp_path / "none")]) == 2
     assert "below the smallest possible model" in capsys.readouterr().err

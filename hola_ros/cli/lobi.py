@@ -34,6 +34,11 @@ def register(sub) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(run=run_show)
 
+    e = lsub.add_parser("export", help="add ONNX / TensorRT exports to an existing artifact")
+    e.add_argument("path")
+    e.add_argument("--to", default="onnx", help="comma list: onnx, tensorrt (default onnx)")
+    e.set_defaults(run=run_export)
+
     m = lsub.add_parser("bench", help="weights bytes, peak RSS, per-token latency and HSD acceptance: "
                                       "fp32 target vs Lo-Bi drafters vs an int8 copy")
     m.add_argument("artifacts", nargs="*", help="Lo-Bi artifact directories to compare")
@@ -71,8 +76,8 @@ def _table(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
-    blocks = Table(title="Lo-Bi blocks (bits chosen under the budget)")
+    con = Console(width=max(Console().width, 132))
+    blocks = Table(title="Lo-Bi blocks (bits chosen under the budget; error = relative squared output error)")
     for col in ("block", "bits", "error", "err@4", "err@8", "err@16", "MB", "low-rank layers"):
         blocks.add_column(col, justify="right" if col != "block" else "left")
     ranks: dict[str, list[str]] = {}
@@ -83,7 +88,7 @@ def _table(manifest: dict) -> None:
             ranks.setdefault(block_of(name), []).append(f"{name.rsplit('.', 1)[-1]}:{layer['rank']}")
     for name, b in manifest["blocks"].items():
         e = b["errors"]
-        blocks.add_row(name, str(b["bits"]), f"{b['error']:.2e}", f"{e['4']:.2e}", f"{e['8']:.2e}", f"{e['16']:.2e}",
+        blocks.add_row(name, str(b["bits"]), f"{b['error']:.1e}", f"{e['4']:.1e}", f"{e['8']:.1e}", f"{e['16']:.1e}",
                        f"{b['bytes'] / 1e6:.2f}", " ".join(ranks.get(name, [])) or "-")
     con.print(blocks)
     by = manifest["bytes"]
@@ -173,6 +178,15 @@ def run_show(args) -> int:
         print(json.dumps(manifest, indent=2))
     else:
         _table(manifest)
+    return 0
+
+
+def run_export(args) -> int:
+    from hola_ros.core.lobi.build import export_artifact
+
+    manifest = export_artifact(args.path, [x.strip() for x in args.to.split(",") if x.strip()], _progress())
+    for name, entry in manifest["exports"].items():
+        print(f"{name}: {entry.get('path') or entry.get('engine')}")
     return 0
 
 

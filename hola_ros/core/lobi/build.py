@@ -31,7 +31,7 @@ def _noop(*_args):
 class _Calibration:
     """Input Gram matrices of every linear, plus one batch's block inputs/outputs for the search."""
 
-    def __init__(self, model, seqs: torch.Tensor, search_seqs: int, head_rows: int, progress):
+    def __init__(self, model, seqs: torch.Tensor, search_seqs: int, head_rows: int, progress, grams: bool = True):
         self.grams: dict[str, torch.Tensor] = {}
         self.layer_io: dict[int, tuple] = {}
         self.search_ids = seqs[:search_seqs]
@@ -53,10 +53,11 @@ class _Calibration:
         for i in range(n_layers):
             layer = model.model.layers[i]
             for lin in arch.LINEARS:
-                if lin not in arch.SAME_INPUT:
+                if grams and lin not in arch.SAME_INPUT:
                     hooks.append(layer.get_submodule(lin).register_forward_pre_hook(gram_hook(f"model.layers.{i}.{lin}")))
             hooks.append(layer.register_forward_hook(io_hook(i), with_kwargs=True))
-        batches = [seqs[:search_seqs]] + list(seqs[search_seqs:].split(8))
+        # without low rank only the search batch is needed (the Grams feed rank choice and recovery)
+        batches = [seqs[:search_seqs]] + (list(seqs[search_seqs:].split(8)) if grams else [])
         batches = [b for b in batches if len(b)]
         try:
             with torch.inference_mode():
@@ -64,7 +65,8 @@ class _Calibration:
                     capturing[0] = k == 0
                     hidden = model.model(input_ids=batch, use_cache=False).last_hidden_state
                     h = hidden.reshape(-1, hidden.shape[-1]).float()
-                    self.grams["lm_head"] = self.grams.get("lm_head", 0) + (h.T @ h).double()
+                    if grams:
+                        self.grams["lm_head"] = self.grams.get("lm_head", 0) + (h.T @ h).double()
                     if k == 0:
                         self.head_inputs = h[:head_rows].clone()
                     progress("calibrate", k + 1, len(batches))
@@ -126,7 +128,7 @@ def build_artifacts(targets, model: str | None = None, calib=None, calib_size: i
     texts = load_texts(calib_path, calib_size)
     sep = min(base.eos_token_ids) if base.eos_token_ids else None
     seqs = token_sequences(texts, base.tokenizer, seq_len, sep)
-    cal = _Calibration(hf, seqs, min(search_seqs, len(seqs)), head_rows, progress)
+    cal = _Calibration(hf, seqs, min(search_seqs, len(seqs)), head_rows, progress, grams=lowrank)
 
     # 1) ranks: every linear (and the output layer) gets a rank or stays dense
     names = [n for i in range(cfg.num_hidden_layers) for n in arch.layer_linears(i)] + ["lm_head"]
@@ -268,9 +270,21 @@ def build_artifacts(targets, model: str | None = None, calib=None, calib_size: i
     return manifests
 
 
+def export_artifact(path, export=("onnx",), progress=None) -> dict:
+    """Add engine exports to an existing artifact; returns the updated manifest."""
+    manifest = artifact.read_manifest(path)
+    _export(Path(path), manifest, tuple(export), progress or _noop)
+    manifest["bytes"]["on_disk"] = artifact.dir_bytes(path)
+    artifact.write_manifest(path, manifest)
+    return manifest
+
+
 def _export(path, manifest: dict, export, progress) -> None:
     from . import onnx_backend, trt_backend
 
+    unknown = set(export) - {"onnx", "tensorrt"}
+    if unknown:
+        raise ValueError(f"unknown export target(s) {sorted(unknown)}; use onnx and/or tensorrt")
     if "onnx" in export:
         progress("export onnx", 0, 1)
         manifest["exports"]["onnx"] = onnx_backend.export(path, manifest, "nbits")
