@@ -305,3 +305,19 @@ def test_entropy_gate_is_opt_in_lossy_and_flagged(models):
     zero = generate(m, p, GenerationConfig(max_new_tokens=30, entropy_gate_tau=0.0),
                     drafter=LocalDrafter(ngram=False, model=bad_l1, min_confidence=0.0))
     assert zero.token_ids == ref.token_ids and zero.stats["gate_overrides"] == 0
+
+
+def test_ignore_eos_masks_eos_for_fixed_length_runs(models):
+    m = models[0]
+    p = prompts(1, seed=11)[0]
+    ref = ar(m, p, n=30).token_ids
+    m.eos_token_ids = {ref[3]}
+    try:
+        plain = ar(m, p, n=30)
+        forced = {mode: generate(m, p, GenerationConfig(mode=mode, max_new_tokens=30, ignore_eos=True))
+                  for mode in ("ar", "hsd")}
+    finally:
+        m.eos_token_ids = {256}
+    assert plain.stop_reason == "eos" and len(plain.token_ids) == 3
+    assert forced["ar"].stats["new_tokens"] == 30 and ref[3] not in forced["ar"].token_ids
+    assert forced["ar"].token_ids[:3] == ref[:3] and forced["hsd"].token_ids == forced["ar"].token_ids

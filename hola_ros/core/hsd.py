@@ -38,7 +38,9 @@ class GenerationConfig:
     draft_len_max: int = 16
     adaptive_draft: bool = True  # +2 after a fully accepted block, -1 after a rejection
     levels: tuple[int, ...] = (0, 1)  # drafting levels whose tokens are used
-    ignore_eos: bool = False  # benchmarks: keep going past EOS so every run has max_new_tokens
+    # benchmarks: EOS logits are masked (like transformers' min_new_tokens) so every system
+    # produces the same max_new_tokens tokens
+    ignore_eos: bool = False
 
     def validate(self) -> None:
         if self.mode not in ("hsd", "ar"):
@@ -147,6 +149,9 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
                 c.draft_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = session.forward([last] + draft)
+            if cfg.ignore_eos and target.eos_token_ids:
+                rows = rows.clone()  # inference tensors are read-only outside inference_mode
+                rows[:, sorted(target.eos_token_ids)] = float("-inf")
             accepted, nxt, gated = _verify(rows, draft, ents, cfg, greedy, gen)
             session.rollback(session.length - len(draft) + accepted)
             c.verify_s += time.perf_counter() - t0
@@ -160,8 +165,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
                 k = min(cfg.draft_len_max, k + 2) if accepted == len(draft) else max(cfg.draft_len_min, k - 1)
 
             block = draft[:accepted] + [nxt]
-            eos_at = None if cfg.ignore_eos else next(
-                (i for i, t in enumerate(block) if t in target.eos_token_ids), None)
+            eos_at = next((i for i, t in enumerate(block) if t in target.eos_token_ids), None)
             if eos_at is not None:
                 block, stop_reason = block[:eos_at], "eos"
             text_delta, stop_n = stream.push(block)
