@@ -86,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if args.arc:
         m["arc"] = eval_for("arc", args.arc, str(out / "eval-arc"))
 
-    from hola_ros.core.models import default_gguf_path, load_model
+    from hola_ros.core.models import DEFAULT_MODEL, default_gguf_path, load_model
 
     if args.no_bench:
         m["bench"] = {"error": "left out (--no-bench)"}
-        m["llama_cpp"] = {"installed": False, "reason": "left out (--no-bench)"}
+        m["llama_cpp"] = {"installed": None, "reason": "left out (--no-bench)"}
     else:
         m["bench"] = _bench(args, out, log)
     target = load_model(args.model, threads=args.threads)
@@ -99,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
         prompts = build_prompts(target, argparse.Namespace(kb=None, n_passage=0, n_gsm8k=args.bench_prompts,
                                                            gsm8k=args.data))["gsm8k"]
-        gguf = Path(args.model) if args.model and str(args.model).endswith(".gguf") else default_gguf_path()
-        m["llama_cpp"] = report.llama_cpp_speed(gguf, prompts, args.bench_tokens, threads=args.threads or 2)
+        if args.model and not str(args.model).lower().endswith(".gguf") and args.model.lower() != DEFAULT_MODEL:
+            m["llama_cpp"] = {"installed": None, "reason": f"{args.model} is not a GGUF file, llama.cpp needs one"}
+        else:
+            gguf = Path(args.model) if args.model and args.model.lower() != DEFAULT_MODEL else default_gguf_path()
+            m["llama_cpp"] = report.llama_cpp_speed(gguf, prompts, args.bench_tokens, threads=args.threads or 2)
         log(f"llama.cpp: {m['llama_cpp'].get('median_tokens_per_s', m['llama_cpp'].get('reason'))}")
 
     m["lobi_bench"] = m["lobi_bits"] = None

@@ -318,7 +318,8 @@ def build_report(m: dict, out_dir) -> Path:
               f"{llama['threads']} threads, greedy, {llama['runs'][0]['new_tokens']} tokens): median "
               f"{llama['median_tokens_per_s']:.2f} tokens/s" + (f" = {ratios} (this run)." if ratios else "."), ""]
     else:
-        L += [f"llama.cpp: not installed ({llama.get('reason', 'not measured')}); no number is given for it.", ""]
+        status = "not installed" if llama.get("installed") is False else "not measured"
+        L += [f"llama.cpp: {status} ({llama.get('reason', 'not run')}); no number is given for it.", ""]
     lb = m.get("lobi_bench")
     if lb and lb.get("solo"):
         L += ["## Lo-Bi benchmark (one process per model)", "",
