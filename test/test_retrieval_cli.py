@@ -103,3 +103,14 @@ def test_gsm8k_helpers(tmp_path):
     assert gsm8k.exact_match("... so she pays $1,200. The answer is 1,200.", "1200")
     assert gsm8k.exact_match("It costs 42 dollars", "42") and not gsm8k.exact_match("no idea", "42")
     assert not gsm8k.exact_match("The answer is 41.", "42")
+
+
+def test_bench_corpus_is_distinct_and_sized(tmp_path):
+    from hola_ros.cli.bench_rag import synthetic_corpus
+
+    ex = [gsm8k.Example(i, f"Tom has {i} apples and buys {i + 3} more. How many now?",
+                        f"{i} + {i + 3} = {2 * i + 3} apples in total\nThe answer is {2 * i + 3}.", str(2 * i + 3))
+          for i in range(10, 20)]
+    corpus = synthetic_corpus(ex, 250)
+    assert len(corpus) == len(set(corpus)) == 250
+    assert corpus[0] == ex[0].question and "The answer is" not in " ".join(corpus)

@@ -52,7 +52,7 @@ class Embedder:
     @classmethod
     def shared(cls, path: str | os.PathLike | None = None) -> "Embedder":
         """One loaded instance per model path and process (loading takes ~1 s)."""
-        key = str(Path(path).resolve()) if path else ""
+        key = str(Path(path or default_embedder_path()).resolve())
         with _cache_lock:
             if key not in _cache:
                 _cache[key] = cls(path)
