@@ -86,6 +86,11 @@ def test_resume_refuses_other_settings(tmp_path, target):
     s2 = settings(tmp_path, limit=1, max_new_tokens=25)
     with pytest.raises(ValueError, match="max_new_tokens"):
         evaluate(s2, Resources(s2, target=target), log=lambda m: None)
+    # an artifact may join a run that had none (it had no lobi rows), but not replace another one
+    runner.check_run(s.out, settings(tmp_path, lobi="art-a"))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["lobi"] == "art-a"
+    with pytest.raises(ValueError, match="lobi"):
+        runner.check_run(s.out, settings(tmp_path, lobi="art-b"))
 
 
 def test_rag_lobi_and_entropy_gate_configurations(tmp_path, target):

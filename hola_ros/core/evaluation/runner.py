@@ -181,6 +181,10 @@ def check_run(out_dir, settings: EvalSettings) -> None:
     key = settings.run_key()
     if meta.is_file():
         old = json.loads(meta.read_text())
+        if old.get("lobi") is None and key["lobi"] is not None:
+            # a run without an artifact has no lobi rows, so adding one later changes no sample's meaning
+            old["lobi"] = key["lobi"]
+            meta.write_text(json.dumps(old, indent=1) + "\n")
         diff = {k: (old.get(k), key[k]) for k in key if old.get(k) != key[k]}
         if diff:
             raise ValueError(f"{out_dir} holds a run with other settings {diff}; use another --out")
