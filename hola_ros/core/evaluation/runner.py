@@ -166,9 +166,13 @@ class ResultsFile:
         return {(r["config"], r["id"]) for r in self.rows()}
 
     def append(self, row: dict) -> None:
-        data = self.path.read_bytes()[-1:] if self.path.is_file() else b""
+        last = b""
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                last = f.read(1)
         with open(self.path, "a", encoding="utf-8") as f:
-            if data and data != b"\n":  # a torn line must not swallow this row
+            if last and last != b"\n":  # a torn line must not swallow this row
                 f.write("\n")
             f.write(json.dumps(row) + "\n")
             f.flush()
