@@ -4,7 +4,7 @@ import json
 import threading
 import time
 
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
 from hola_ros.srv import Draft, Retrieve
@@ -24,8 +24,14 @@ class ClientNode:
         self.node = rclpy.create_node(context_node_name, use_global_arguments=False)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, name=f"{context_node_name}-spin", daemon=True)
+        self._thread = threading.Thread(target=self._spin, name=f"{context_node_name}-spin", daemon=True)
         self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except ExternalShutdownException:  # SIGINT/SIGTERM: the process is stopping
+            pass
 
     def call(self, client, request, timeout_s: float):
         """The response, or None when the service is absent, leaves, or misses the deadline."""
