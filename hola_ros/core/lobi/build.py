@@ -146,7 +146,7 @@ def build_artifacts(targets, model: str | None = None, calib=None, calib_size: i
                 entry.update(rank=rank, lowrank_error=spec.error(rank))
                 parts[name] = {"a": a, "b": b}
         if name not in parts:
-            parts[name] = {"w": w.clone()}
+            parts[name] = {"w": w}  # the bit search swaps module data, never writes into it
         layers[name] = entry
         progress("low-rank", k + 1, len(names))
     head_lowrank = layers["lm_head"]["rank"] is not None
