@@ -86,6 +86,18 @@ def run(args: argparse.Namespace) -> int:
     if args.arc:
         m["arc"] = eval_for("arc", args.arc, str(out / "eval-arc"))
 
+    # before any model is loaded here: the lobi bench's child processes start as copies of this one,
+    # and a child's peak RSS counts what it was forked with
+    m["lobi_bench"] = m["lobi_bits"] = None
+    if args.lobi:
+        from hola_ros.core.lobi import read_manifest
+        from hola_ros.core.lobi.bench import run as lobi_bench
+
+        m["lobi_bench"] = lobi_bench([args.lobi], model=args.model, prompts=args.bench_prompts,
+                                     threads=args.threads or 2, log=log)
+        bits = [str(b["bits"]) for b in read_manifest(args.lobi)["blocks"].values()]
+        m["lobi_bits"] = {b: bits.count(b) for b in sorted(set(bits), key=int)}
+
     from hola_ros.core.models import DEFAULT_MODEL, default_gguf_path, load_model
 
     if args.no_bench:
@@ -105,16 +117,6 @@ def run(args: argparse.Namespace) -> int:
             gguf = Path(args.model) if args.model and args.model.lower() != DEFAULT_MODEL else default_gguf_path()
             m["llama_cpp"] = report.llama_cpp_speed(gguf, prompts, args.bench_tokens, threads=args.threads or 2)
         log(f"llama.cpp: {m['llama_cpp'].get('median_tokens_per_s', m['llama_cpp'].get('reason'))}")
-
-    m["lobi_bench"] = m["lobi_bits"] = None
-    if args.lobi:
-        from hola_ros.core.lobi import read_manifest
-        from hola_ros.core.lobi.bench import run as lobi_bench
-
-        m["lobi_bench"] = lobi_bench([args.lobi], model=args.model, prompts=args.bench_prompts,
-                                     threads=args.threads or 2, log=log)
-        bits = [str(b["bits"]) for b in read_manifest(args.lobi)["blocks"].values()]
-        m["lobi_bits"] = {b: bits.count(b) for b in sorted(set(bits), key=int)}
 
     lengths = [int(x) for x in args.sweep_lengths.split(",") if x.strip()]
     if lengths:

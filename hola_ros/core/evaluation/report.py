@@ -258,7 +258,7 @@ def _paper_table(m: dict, pairs: dict) -> list[str]:
         lat = [r["latency_s"] for r in ev.get("rows", []) if r["config"] == "ar"] or [ar["latency_p50_s"]]
         j = PAPER["jetson"]
         lines.append(f"| Jetson Nano: {j['latency_ms']} ms, {j['peak_mb']} MB peak, {j['samples_per_s']} samples/s "
-                     f"| this CPU, AR: {1000 * ar['latency_p50_s']:.0f} ms p50 per answer, {ar['peak_rss_mb']:.0f} MB "
+                     f"| this CPU, AR: {ar['latency_p50_s']:.2f} s p50 per answer, {ar['peak_rss_mb']:.0f} MB "
                      f"peak, {1 / statistics.mean(lat):.3f} samples/s (other hardware, other answer lengths) | eval |")
     return lines
 
@@ -286,8 +286,8 @@ def build_report(m: dict, out_dir) -> Path:
          f"Model `{s.get('model') or 'smollm2-135m-instruct'}`, {ev['items']['n']} items of `{s['data']}` "
          f"(offset {s['offset']}, seed {s['seed']}; items whose worked example is in the RAG index excluded: "
          f"{ev['items'].get('excluded_in_rag_index', 0)}), greedy, at most {s['max_new_tokens']} new tokens, "
-         f"L1 drafter `{s.get('l1') or 'none'}`, entropy gate tau {s['tau']}, {s.get('threads') or 'default'} "
-         f"torch threads. Latency = one whole answer (retrieval included); tokens/s = output tokens / generation "
+         f"L1 drafter `{s.get('l1') or 'none'}`, entropy gate tau {s['tau']}, torch threads: "
+         f"{s.get('threads') or 'default'}. Latency = one whole answer (retrieval included); tokens/s = output tokens / generation "
          f"time (prefill included); peak RSS = the configuration's own process.", ""]
     L += _eval_table(ev) + [""]
     if pairs:
