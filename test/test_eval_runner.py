@@ -144,6 +144,8 @@ def test_arc_reports_both_scorings(tmp_path, target):
     rows = ResultsFile(tmp_path / "arc" / "results.jsonl").rows()
     assert summary["ar"]["accuracy_loglik"] == sum(r["correct_loglik"] for r in rows) / 2
     assert summary["ar"]["accuracy_letter"] == sum(r["correct"] for r in rows) / 2
+    assert summary["ar"]["correct"] == sum(r["correct_loglik"] for r in rows)  # counts what `accuracy` measures
+    assert summary["ar"]["accuracy"] == summary["ar"]["accuracy_loglik"]
     assert all(set(r["loglik_scores"]) == {"A", "B", "C", "D"} or set(r["loglik_scores"]) == {"1", "2", "3", "4"}
                for r in rows)
 

@@ -375,10 +375,10 @@ def summarize(rows: list[dict], items: list[Item], configs, skipped: dict | None
                "mean_retrieval_s": round(statistics.mean(r["retrieval_s"] for r in rs), 4),
                "lossy": any(r["lossy"] for r in rs), "errors": sum(not r["ok"] for r in rs),
                "missing": len(ids) - len(rs)}
-        if task == "arc":
-            fig["accuracy_letter"] = fig["accuracy"]
-            fig["accuracy_loglik"] = round(sum(bool(r["correct_loglik"]) for r in rs) / len(rs), 4)
-            fig["accuracy"] = fig["accuracy_loglik"]  # the standard ARC scoring leads
+        if task == "arc":  # the standard ARC scoring (likelihood) leads; the letter scoring comes beside it
+            fig["correct_letter"], fig["accuracy_letter"] = fig["correct"], fig["accuracy"]
+            fig["correct"] = sum(bool(r["correct_loglik"]) for r in rs)
+            fig["accuracy_loglik"] = fig["accuracy"] = round(fig["correct"] / len(rs), 4)
             fig["unparsed_letters"] = sum(r["pred"] is None for r in rs)
         ar = by.get("ar", {})
         pairs = [(ar[i], r) for i, r in by[c].items() if i in ar]
