@@ -11,6 +11,10 @@ def register(sub) -> None:
     p.add_argument("--passages", type=int, default=100_000, help="latency corpus size (default 100000)")
     p.add_argument("--queries", type=int, default=200, help="latency queries (default 200)")
     p.add_argument("--index-types", default="flat,ivf,hnsw", help="index types compared at full size")
+    p.add_argument("--index", help="latency on this existing index instead of the generated corpus")
+    p.add_argument("--vectors", choices=["embedded", "random"], default="embedded",
+                   help="random: search timings on seeded random unit vectors instead of embedding the "
+                        "corpus (a proxy when embedding 100k passages does not fit the time; queries stay real)")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--limit", type=int, default=30, help="EM questions (default 30)")
     p.add_argument("--offset", type=int, default=100,
@@ -59,56 +63,36 @@ def synthetic_corpus(examples, n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def bench_latency(args, log) -> dict:
-    import json
+def _embed_queries(embedder, queries):
     import time
 
     import numpy as np
-    import psutil
 
-    from hola_ros.core.retrieval import gsm8k
-    from hola_ros.core.retrieval.adacomp import AdaCompRetriever
-    from hola_ros.core.retrieval.embedder import Embedder
-    from hola_ros.core.retrieval.ingest import cache_dir, ingest
-    from hola_ros.core.retrieval.store import IndexStore, build_faiss_index
-
-    proc = psutil.Process()
-    examples = gsm8k.load(args.data)
-    work = cache_dir() / f"bench-rag-{args.passages}"
-    jsonl = work / "passages.jsonl"
-    if not jsonl.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        with open(jsonl, "w", encoding="utf-8") as f:
-            for t in synthetic_corpus(examples, args.passages):
-                f.write(json.dumps({"text": t}) + "\n")
-    embedder = Embedder.shared()
-    rss0 = proc.memory_info().rss
-    report = ingest(work / "index", [jsonl], embedder=embedder, progress=True)
-    log(f"ingest: {report.total_passages} passages, embedded {report.new_passages} in {report.embed_s:.1f} s, "
-        f"total {report.total_s:.1f} s ({report.index_type})")
-    # the one-time embedding may have run earlier (then this run found the index current)
-    manifest = json.loads((work / "index" / "manifest.json").read_text())
-    build = {"passages": report.total_passages, "last_ingest": manifest.get("last_ingest")}
-
-    store = IndexStore.load(work / "index")
-    vectors = np.ascontiguousarray(store.embeddings, dtype=np.float32)
-    queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
-    embed_ms = []
-    qvecs = []
     for q in queries[:10]:
         embedder.encode([q])  # warm-up
+    embed_ms, qvecs = [], []
     for q in queries:
         t = time.perf_counter()
         qvecs.append(embedder.encode([q])[0])
         embed_ms.append((time.perf_counter() - t) * 1e3)
-    qvecs = np.stack(qvecs)
+    return embed_ms, np.stack(qvecs)
 
-    exact = None
-    types = {}
+
+def _search_types(args, vectors, qvecs, embed_ms, log) -> dict:
+    """Build each index type over `vectors`; time builds and single-query searches; recall vs flat."""
+    import time
+
+    import faiss
+    import numpy as np
+
+    from hola_ros.core.retrieval.store import build_faiss_index
+
+    exact, types = None, {}
     for kind in [k.strip() for k in args.index_types.split(",") if k.strip()]:
         t = time.perf_counter()
         index, params = build_faiss_index(vectors, kind)
         build_s = time.perf_counter() - t
+        index_mb = faiss.serialize_index(index).nbytes / 2**20
         search_ms, ids = [], []
         for v in qvecs:
             t = time.perf_counter()
@@ -120,24 +104,78 @@ def bench_latency(args, log) -> dict:
             exact = ids
         recall = None if exact is None else float(np.mean([len(set(a) & set(b)) / 3 for a, b in zip(ids, exact)]))
         total = np.array(embed_ms) + np.array(search_ms)
-        types[kind] = {"params": params, "build_s": round(build_s, 2), "search_p50_ms": _pct(search_ms, 50),
+        types[kind] = {"params": params, "build_s": round(build_s, 2), "index_mb": round(index_mb, 1),
+                       "search_p50_ms": _pct(search_ms, 50),
                        "search_p95_ms": _pct(search_ms, 95), "embed_plus_search_p50_ms": _pct(total, 50),
                        "embed_plus_search_p95_ms": _pct(total, 95), "recall_at_3_vs_flat": recall}
         log(f"{kind}: {types[kind]}")
         del index
+    return types
+
+
+def bench_latency(args, log) -> dict:
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import psutil
+
+    from hola_ros.core.retrieval import gsm8k
+    from hola_ros.core.retrieval.adacomp import AdaCompRetriever
+    from hola_ros.core.retrieval.embedder import Embedder
+    from hola_ros.core.retrieval.ingest import cache_dir, ingest
+    from hola_ros.core.retrieval.store import IndexStore
+
+    proc = psutil.Process()
+    examples = gsm8k.load(args.data)
+    embedder = Embedder.shared()
+    if args.vectors == "random":
+        rng = np.random.default_rng(0)
+        vectors = rng.standard_normal((args.passages, embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
+        embed_ms, qvecs = _embed_queries(embedder, queries)
+        return {"corpus": f"{args.passages} seeded random unit vectors (search proxy; queries are real "
+                          "MiniLM embeddings of GSM8K questions)",
+                "embed_p50_ms": _pct(embed_ms, 50), "embed_p95_ms": _pct(embed_ms, 95),
+                "types": _search_types(args, vectors, qvecs, embed_ms, log)}
+    rss0 = proc.memory_info().rss
+    if args.index:
+        index_dir, corpus = Path(args.index), f"existing index {args.index}"
+    else:
+        work = cache_dir() / f"bench-rag-{args.passages}"
+        index_dir, corpus = work / "index", "GSM8K-train questions + rationale lines, copies with numbers redrawn"
+        jsonl = work / "passages.jsonl"
+        if not jsonl.is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            with open(jsonl, "w", encoding="utf-8") as f:
+                for t in synthetic_corpus(examples, args.passages):
+                    f.write(json.dumps({"text": t}) + "\n")
+        report = ingest(index_dir, [jsonl], embedder=embedder, progress=True)
+        log(f"ingest: {report.total_passages} passages, embedded {report.new_passages} in {report.embed_s:.1f} s")
+    # the one-time embedding may have run earlier (then this run found the index current)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    build = {"passages": manifest["count"], "index_type": manifest["index"]["type"],
+             "last_ingest": manifest.get("last_ingest")}
+
+    store = IndexStore.load(index_dir)
+    vectors = np.ascontiguousarray(store.embeddings, dtype=np.float32)
+    queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
+    embed_ms, qvecs = _embed_queries(embedder, queries)
+    types = _search_types(args, vectors, qvecs, embed_ms, log)
 
     rss_before = proc.memory_info().rss
-    retriever = AdaCompRetriever(work / "index", embedder=embedder, gate_model=None, thresholds={})
+    retriever = AdaCompRetriever(index_dir, embedder=embedder, gate_model=None, thresholds={})
     rss_after = proc.memory_info().rss
     retrieve_ms = []
     for q in queries:
         t = time.perf_counter()
         retriever.retrieve(q, mode="single")
         retrieve_ms.append((time.perf_counter() - t) * 1e3)
-    files = {p.name: p.stat().st_size for p in (work / "index").iterdir() if p.is_file()}
+    files = {p.name: p.stat().st_size for p in index_dir.iterdir() if p.is_file()}
     return {
-        "corpus": "GSM8K-train questions + rationale lines, copies with numbers redrawn",
-        "build": build, "index_type_auto": report.index_type,
+        "corpus": corpus, "build": build,
         "embed_p50_ms": _pct(embed_ms, 50), "embed_p95_ms": _pct(embed_ms, 95), "types": types,
         "retrieve_single_p50_ms": _pct(retrieve_ms, 50), "retrieve_single_p95_ms": _pct(retrieve_ms, 95),
         "memory": {"index_dir_mb": {k: round(v / 2**20, 1) for k, v in files.items()},
