@@ -1,10 +1,11 @@
 """The node graph description (config/graph.yaml), shared by the launch file and `hola-ros up`."""
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from hola_ros.package_data import require_package_file
 
 EXECUTABLES = ("retriever", "drafter", "verifier")
 
@@ -25,15 +26,7 @@ class Graph:
 
 
 def config_dir() -> Path:
-    """config/ of a source checkout, else share/hola_ros/config of the first install prefix
-    (AMENT_PREFIX_PATH, as ament_index resolves it, then this Python's prefix) that has it."""
-    candidates = [Path(__file__).resolve().parent.parent]
-    candidates += [Path(p) / "share" / "hola_ros" for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    candidates.append(Path(sys.prefix) / "share" / "hola_ros")
-    for base in candidates:
-        if (base / "config" / "graph.yaml").is_file():
-            return base / "config"
-    raise FileNotFoundError("hola_ros config/graph.yaml not found in the source tree or any install prefix")
+    return require_package_file("config/graph.yaml").parent
 
 
 def load_graph(path: str | os.PathLike | None = None) -> Graph:

@@ -37,9 +37,11 @@ def test_colcon_build_installs_interfaces_nodes_cli_launch_and_config(tmp_path):
     # the installed package resolves its interfaces, its sources and the installed graph config
     site = install / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     probe = ("from hola_ros.srv import Ask; from hola_ros.action import Generate; import hola_ros.nodes.verifier; "
-             "from hola_ros.graph import load_graph; print(load_graph().path)")
+             "from hola_ros.graph import load_graph; print(load_graph().path); "
+             "from hola_ros.core.retrieval.ingest import demo_kb_dir; print(demo_kb_dir())")
     run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(env, PYTHONPATH=str(site), AMENT_PREFIX_PATH=f"{install}{os.pathsep}{prefix}",
                                   LD_LIBRARY_PATH=f"{install / 'lib'}{os.pathsep}{os.environ.get('LD_LIBRARY_PATH', '')}"))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip() == str(install / "share" / "hola_ros" / "config" / "graph.yaml")
+    share = install / "share" / "hola_ros"
+    assert run.stdout.split() == [str(share / "config" / "graph.yaml"), str(share / "data" / "kb")]

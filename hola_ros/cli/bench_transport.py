@@ -53,13 +53,14 @@ def run(args) -> int:
     from hola_ros.core.pipeline import answer
     from hola_ros.core.requests import GenerationRequest
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
+    from hola_ros.core.retrieval.ingest import demo_kb_dir
     from hola_ros.local_graph import LocalGraph, wait_future
     from hola_ros.srv import Ask, Draft
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = load_model()
-    passage = (Path(__file__).resolve().parent.parent.parent / "data" / "kb" / "04-error-codes.md").read_text()
+    passage = (demo_kb_dir() / "04-error-codes.md").read_text()
     prompt_ids = target.chat_ids([{"role": "user", "content": f"{passage}\n\nWhich code means the scanner is dirty?"}])
     continuation = target.encode(passage)
 

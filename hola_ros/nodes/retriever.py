@@ -30,13 +30,12 @@ CHECKS = {
 
 
 def _thresholds(path_param: str) -> dict | None:
-    from hola_ros.graph import config_dir
-
-    path = Path(path_param) if path_param else config_dir() / "gate_thresholds.yaml"
-    if not path.is_file():
-        if path_param:
-            raise FileNotFoundError(f"thresholds_file not found: {path}")
+    """None lets the retriever load the packaged thresholds."""
+    if not path_param:
         return None
+    path = Path(path_param).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"thresholds_file not found: {path}")
     return yaml.safe_load(path.read_text())
 
 

@@ -48,14 +48,9 @@ def merge_thresholds(overrides: dict | None) -> dict:
 
 
 def packaged_thresholds_path() -> Path | None:
-    """config/gate_thresholds.yaml in a source checkout, else in share/hola_ros of the prefix."""
-    import sys
+    from hola_ros.package_data import package_file
 
-    for base in (Path(__file__).resolve().parents[3], Path(sys.prefix) / "share" / "hola_ros"):
-        p = base / "config" / "gate_thresholds.yaml"
-        if p.is_file():
-            return p
-    return None
+    return package_file("config/gate_thresholds.yaml")
 
 
 def load_thresholds(path: str | Path | None = None) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,15 +227,11 @@ def _check_compatible(store: IndexStore, embedder, chunking: ChunkingConfig | No
 
 # ---- the packaged demo knowledge base
 def demo_kb_dir() -> Path:
-    """data/kb in a source checkout, else share/hola_ros/data/kb of the install prefix."""
+    """$HOLA_ROS_KB, else the packaged data/kb (source checkout or install prefix)."""
+    from hola_ros.package_data import require_package_file
+
     env = os.environ.get("HOLA_ROS_KB")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[3] / "data" / "kb"]
-    candidates += [Path(sys.prefix) / "share" / "hola_ros" / "data" / "kb"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError("demo knowledge base not found (looked in " + ", ".join(map(str, candidates)) + ")")
+    return Path(env) if env and Path(env).is_dir() else require_package_file("data/kb")
 
 
 def cache_dir() -> Path:
