@@ -10,7 +10,7 @@ def test_cli_build_with_recovery_and_onnx_then_show(tmp_path, capsys):
     base = save_tiny(tmp_path / "base", low_rank_mlp=True)
     calib = write_calib(tmp_path / "c.jsonl")
     args = ["lobi", "build", "--model", str(base), "--calib", str(calib), "--calib-size", "24", "--seq-len", "32",
-            "--search-seqs", "4", "--rank-tol", "0.05", "--group", "16", "--recovery-s", "2", "--export", "onnx"]
+            "--search-seqs", "4", "--lowrank", "--rank-tol", "0.05", "--group", "16", "--recovery-s", "2", "--export", "onnx"]
     assert main(args + ["--budget-mb", "0.06,0.2", "--out", str(tmp_path / "arts")]) == 0
     out = capsys.readouterr().out
     assert "Lo-Bi blocks" in out and "top-1 agreement" in out

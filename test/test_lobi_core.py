@@ -23,7 +23,7 @@ def built(tiny_dir, calib, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("art") / "lobi"
     manifest = build_artifact(out, budget_mb=1.0, model=str(tiny_dir), calib=calib, calib_size=24, seq_len=32,
-                              search_seqs=4, rank_tol=0.05, group=16, command="test build")
+                              search_seqs=4, lowrank=True, rank_tol=0.05, group=16, command="test build")
     return out, manifest
 
 

@@ -13,7 +13,7 @@ def art(tmp_path_factory):
     out = root / "lobi"
     # a budget that forces a mix of 4/8/16-bit blocks so every export path is exercised
     manifest = build_artifact(out, budget_mb=0.075, model=str(base), calib=write_calib(root / "c.jsonl"),
-                              calib_size=24, seq_len=32, search_seqs=4, rank_tol=0.05, group=16, export=("onnx", "tensorrt"))
+                              calib_size=24, seq_len=32, search_seqs=4, lowrank=True, rank_tol=0.05, group=16, export=("onnx", "tensorrt"))
     return out, manifest, base
 
 

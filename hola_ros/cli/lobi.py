@@ -19,7 +19,9 @@ def register(sub) -> None:
                         "worse on SmolLM2, see docs/lobi.md)")
     b.add_argument("--pay-ratio", type=float, default=0.6,
                    help="a layer goes low-rank only below this fraction of its dense parameters (default 0.6)")
-    b.add_argument("--no-lowrank", action="store_true", help="skip the low-rank stage (bits only)")
+    b.add_argument("--lowrank", action="store_true",
+                   help="add the low-rank stage before the bit search (off by default: it lowered acceptance "
+                        "on SmolLM2-135M at equal budget, see docs/lobi.md)")
     b.add_argument("--group", type=int, default=32, help="quantization group size (default 32)")
     b.add_argument("--recovery-s", type=float, default=0.0,
                    help="seconds of LoRA recovery tuning after the low-rank stage (default 0 = off)")
@@ -122,8 +124,8 @@ def _command(args, model: str) -> str:
         value = getattr(args, opt)
         if value not in (None, ""):
             parts += [f"--{opt.replace('_', '-')}", str(value)]
-    if args.no_lowrank:
-        parts.append("--no-lowrank")
+    if args.lowrank:
+        parts.append("--lowrank")
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -153,7 +155,7 @@ def run_build(args) -> int:
     try:
         manifests = build_artifacts(targets, model=model, calib=args.calib, calib_size=args.calib_size,
                                     seq_len=args.seq_len, search_seqs=args.search_seqs, rank_tol=args.rank_tol,
-                                    pay_ratio=args.pay_ratio, group=args.group, lowrank=not args.no_lowrank,
+                                    pay_ratio=args.pay_ratio, group=args.group, lowrank=args.lowrank,
                                     recovery_s=args.recovery_s, export=export, threads=args.threads,
                                     progress=None if args.json else _progress(),
                                     command=_command(args, model))
