@@ -93,6 +93,16 @@ def test_resume_refuses_other_settings(tmp_path, target):
         runner.check_run(s.out, settings(tmp_path, lobi="art-b"))
 
 
+def test_resume_refuses_recalibrated_gate(tmp_path, monkeypatch):
+    s = settings(tmp_path, rag_source=str(write_gsm8k(tmp_path / "src.jsonl")))
+    monkeypatch.setattr(runner, "gate_fingerprint", lambda: "before")
+    runner.check_run(s.out, s)
+    runner.check_run(s.out, s)
+    monkeypatch.setattr(runner, "gate_fingerprint", lambda: "after")
+    with pytest.raises(ValueError, match="gate_thresholds"):
+        runner.check_run(s.out, s)
+
+
 def test_rag_lobi_and_entropy_gate_configurations(tmp_path, target):
     calls = []
 

@@ -33,7 +33,7 @@ PAPER_TAU = 1.5
 WARMUP_TOKENS = 8
 # the settings that change what a sample's result means: a resumed run must match them
 _RUN_KEYS = ("task", "data_sha256", "model", "max_new_tokens", "l1", "lobi", "tau", "temperature", "seed",
-             "rag_source")
+             "rag_source", "gate_thresholds")
 
 
 @dataclass
@@ -64,8 +64,19 @@ class EvalSettings:
             self.max_new_tokens = 256 if self.task == "gsm8k" else 16
 
     def run_key(self) -> dict:
-        d = asdict(self) | {"data_sha256": _sha256(self.data), "model": self.model or "default"}
+        d = asdict(self) | {"data_sha256": _sha256(self.data), "model": self.model or "default",
+                            "gate_thresholds": gate_fingerprint() if self.rag_source else None}
         return {k: d[k] for k in _RUN_KEYS}
+
+
+def gate_fingerprint() -> str:
+    """Hash of the AdaComp gate thresholds in force: re-calibrating them changes hsd_rag's decisions."""
+    import hashlib
+
+    from hola_ros.core.retrieval.gate import load_thresholds
+
+    values = {k: v for k, v in load_thresholds().items() if k != "file"}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
