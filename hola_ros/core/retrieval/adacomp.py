@@ -138,9 +138,10 @@ def _token_counter(gate_model, embedder) -> Callable[[str], int]:
 class AdaCompRetriever:
     def __init__(self, index_dir, embedder=None, gate_model=None, thresholds: dict | None = None,
                  budget_tokens: int = 384, top_k: int = 3, count_tokens: Callable[[str], int] | None = None,
-                 candidates: int | None = None):
+                 candidates: int | None = None, embedder_backend: str = "auto"):
         """index_dir: an index built by `hola-ros index` (or `default_index_dir()`).
         embedder: None (the one the index was built with, else the default), a model path or an Embedder.
+        embedder_backend: auto / torch / onnxruntime, for an embedder given by path (see embedder.py).
         gate_model: an object with `.model` (transformers causal LM) and `.tokenizer`, e.g. a
           `hola_ros.core.models.LoadedModel`; None: the auto gate uses similarity evidence only.
         thresholds: a dict (merged over the defaults); None: the packaged calibrated file if any.
@@ -156,7 +157,8 @@ class AdaCompRetriever:
             self.embedder = embedder
         else:
             built_with = Path(em["path"])
-            self.embedder = Embedder.shared(embedder or (built_with if built_with.is_dir() else None))
+            self.embedder = Embedder.shared(embedder or (built_with if built_with.is_dir() else None),
+                                            backend=embedder_backend)
         if self.embedder.name != em["name"] or self.embedder.dim != em["dim"]:
             raise ValueError(f"index {index_dir} was built with {em['name']} (dim {em['dim']}), "
                              f"not {self.embedder.name} (dim {self.embedder.dim})")
