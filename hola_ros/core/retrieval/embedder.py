@@ -42,6 +42,12 @@ def model_name(path: Path) -> str:
     return path.resolve().name
 
 
+def _features(model, texts: list[str]) -> dict:
+    """Token ids and mask exactly as sentence-transformers makes them (truncation included)."""
+    preprocess = getattr(model, "preprocess", None) or model.tokenize  # tokenize: before 6.x
+    return preprocess(texts)
+
+
 def _onnx_cache_file(path: Path) -> Path:
     """Keyed by the model directory's files (name, size, mtime) and the exporting torch version."""
     import hashlib
@@ -76,7 +82,7 @@ def _onnx_session(model, path: Path):
             def forward(self, input_ids, attention_mask):
                 return self.st({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
 
-        example = model.tokenize(["an example sentence"])
+        example = _features(model, ["an example sentence"])
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=onnx_file.parent)
         os.close(fd)
@@ -151,7 +157,7 @@ class Embedder:
         vecs = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             rows = order[start:start + self.batch_size]
-            features = self.model.tokenize([texts[i] for i in rows])
+            features = _features(self.model, [texts[i] for i in rows])
             out = self._session.run(None, {"input_ids": features["input_ids"].numpy(),
                                            "attention_mask": features["attention_mask"].numpy()})[0]
             vecs[rows] = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
