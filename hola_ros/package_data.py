@@ -21,6 +21,22 @@ def package_file(relative: str) -> Path | None:
     return None
 
 
+def gsm8k_train() -> Path:
+    """The GSM8K train split the benchmarks and calibration default to: $HOLA_ROS_GSM8K, else
+    shared/data/gsm8k/train.jsonl in a folder above the source tree, the venv or the working
+    directory (the dev machines keep `shared/` beside the checkout). The checkout-relative path
+    when none exists, so the error names where it looked first."""
+    if os.environ.get("HOLA_ROS_GSM8K"):
+        return Path(os.environ["HOLA_ROS_GSM8K"])
+    relative = Path("shared") / "data" / "gsm8k" / "train.jsonl"
+    starts = [Path(__file__).resolve().parent.parent, Path(sys.prefix).resolve().parent, Path.cwd().resolve()]
+    for start in starts:
+        for folder in (start, *start.parents):
+            if (folder / relative).is_file():
+                return folder / relative
+    return starts[0].parent / relative
+
+
 def require_package_file(relative: str) -> Path:
     path = package_file(relative)
     if path is None:

@@ -2,6 +2,8 @@
 generation and prompt-lookup decoding, greedy, same prompts, one run."""
 import argparse
 
+from hola_ros.package_data import gsm8k_train
+
 PASSAGE_QUESTIONS = [
     ("01-facility-overview.md", "Which zones is the floor divided into, and what colour of tape marks each one?"),
     ("02-charging-docks.md", "Where are the charging docks and how do the robots use them?"),
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--n-passage", type=int, default=4, help="passage-grounded prompts")
     p.add_argument("--n-gsm8k", type=int, default=4, help="GSM8K-train questions")
-    p.add_argument("--gsm8k", default="/work/shared/data/gsm8k/train.jsonl")
+    p.add_argument("--gsm8k", default=str(gsm8k_train()))
     p.add_argument("--kb", default=None, help="folder of passages (default: the packaged demo knowledge base)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list from: " + ", ".join(SYSTEMS))
     p.add_argument("--threads", type=int, default=None)

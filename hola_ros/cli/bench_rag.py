@@ -1,7 +1,9 @@
 """hola-ros bench-rag: retrieval latency at >= 100k passages, and GSM8K exact match with vs without
 auto-gated retrieval of worked examples (same model, same greedy decoding)."""
 
-DEFAULT_DATA = "/work/shared/data/gsm8k/train.jsonl"
+from hola_ros.package_data import gsm8k_train
+
+DEFAULT_DATA = str(gsm8k_train())
 
 
 def register(sub) -> None:

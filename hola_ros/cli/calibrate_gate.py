@@ -1,6 +1,8 @@
 """hola-ros calibrate-gate: fit the AdaComp gate's weights and thresholds on development data."""
 
-DEFAULT_DATA = "/work/shared/data/gsm8k/train.jsonl"
+from hola_ros.package_data import gsm8k_train
+
+DEFAULT_DATA = str(gsm8k_train())
 
 
 def register(sub) -> None:

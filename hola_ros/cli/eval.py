@@ -2,6 +2,8 @@
 ARC, resumable (one JSON line per sample in <out>/results.jsonl)."""
 import argparse
 
+from hola_ros.package_data import gsm8k_train
+
 CONFIG_HELP = ("comma list from ar, hsd, hsd_rag, lobi, entropy_gate (default ar,hsd,hsd_rag,entropy_gate, "
                "plus lobi with --lobi)")
 
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
                                                 "Lo-Bi artifact, or 'none' (L0 n-gram only)")
     p.add_argument("--lobi", default=None, help="Lo-Bi artifact served as the target of the 'lobi' configuration")
     p.add_argument("--tau", type=float, default=1.5, help="entropy gate threshold (paper: 1.5)")
-    p.add_argument("--rag-source", default="/work/shared/data/gsm8k/train.jsonl",
+    p.add_argument("--rag-source", default=str(gsm8k_train()),
                    help="GSM8K-format file whose worked examples (folds 1-4) form the hsd_rag index; 'none' = no RAG")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="run folder (default results/eval/<task>); reuse it to resume")

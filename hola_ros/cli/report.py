@@ -3,7 +3,9 @@ with its transformers peers, llama.cpp when installed, Lo-Bi when an artifact is
 vs draft length) and writes REPORT.md with PNG plots."""
 import argparse
 
-DEFAULT_DATA = "/work/shared/data/gsm8k/train.jsonl"
+from hola_ros.package_data import gsm8k_train
+
+DEFAULT_DATA = str(gsm8k_train())
 
 
 def register(subparsers) -> None:

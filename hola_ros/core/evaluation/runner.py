@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from hola_ros.package_data import gsm8k_train
+
 from . import answers
 from .choices import ChoiceItem, extract_label, letter_prompt, load_arc, score_by_likelihood
 
 CONFIGS = ("ar", "hsd", "hsd_rag", "lobi", "entropy_gate")
 TASKS = ("gsm8k", "arc")
-DEFAULT_RAG_SOURCE = "/work/shared/data/gsm8k/train.jsonl"
+DEFAULT_RAG_SOURCE = str(gsm8k_train())
 PAPER_TAU = 1.5
 WARMUP_TOKENS = 8
 # the settings that change what a sample's result means: a resumed run must match them

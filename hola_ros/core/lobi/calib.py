@@ -7,8 +7,8 @@ from pathlib import Path
 
 
 def default_calib() -> Path:
-    """GSM8K train split in the shared data folder beside the checkout."""
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "gsm8k" / "train.jsonl"
+    from hola_ros.package_data import gsm8k_train
+    return gsm8k_train()
 
 
 def load_texts(path: str | Path, limit: int) -> list[str]:
