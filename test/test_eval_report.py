@@ -59,6 +59,55 @@ def test_llama_cpp_absent_is_reported_not_invented(monkeypatch, tmp_path):
     assert got["installed"] is False and "llama_cpp" in got["reason"]
 
 
+FAKE_LLAMA_CPP = """
+import os, signal
+__version__ = "fake"
+
+class Llama:
+    def __init__(self, **kwargs):
+        if os.environ.get("FAKE_LLAMA_CRASH"):
+            os.kill(os.getpid(), signal.SIGILL)
+
+    def reset(self):
+        pass
+
+    def token_eos(self):
+        return 2
+
+    def create_completion(self, prompt, max_tokens, **kwargs):
+        return {"usage": {"completion_tokens": max_tokens}}
+"""
+
+
+@pytest.fixture
+def fake_llama_cpp(monkeypatch, tmp_path):
+    """A stand-in llama_cpp package, importable here and in the measuring child process."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "llama_cpp").mkdir()
+    (tmp_path / "llama_cpp" / "__init__.py").write_text(FAKE_LLAMA_CPP)
+    source_root = Path(report.__file__).resolve().parents[3]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(source_root), os.environ.get("PYTHONPATH", "")]))
+    return monkeypatch
+
+
+def test_llama_cpp_is_measured_in_a_child_process(fake_llama_cpp, tmp_path):
+    got = report.llama_cpp_speed(tmp_path / "model.Q4_1.gguf", [[1, 2, 3], [4, 5]], max_new_tokens=7, threads=1)
+    assert got["installed"] is True and got["version"] == "fake" and got["threads"] == 1
+    assert [r["new_tokens"] for r in got["runs"]] == [7, 7] and got["median_tokens_per_s"] > 0
+
+
+def test_llama_cpp_crash_is_reported_and_the_report_goes_on(fake_llama_cpp, measurements, tmp_path):
+    fake_llama_cpp.setenv("FAKE_LLAMA_CRASH", "1")
+    got = report.llama_cpp_speed(tmp_path / "model.gguf", [[1, 2, 3]])
+    assert got["installed"] is True and "SIGILL" in got["reason"] and "median_tokens_per_s" not in got
+    md = report.build_report(dict(measurements, llama_cpp=got), tmp_path).read_text()
+    assert "llama.cpp: installed but not measured (llama.cpp failed (killed by SIGILL)" in md
+
+
 def test_acceptance_sweep_fixed_lengths(measurements):
     rows = measurements["draft_sweep"]["rows"]
     assert [r["draft_len"] for r in rows] == [1, 4]

@@ -57,14 +57,35 @@ def draft_sweep(target, prompts: list[list[int]], make_drafter, lengths=(1, 2, 4
 
 def llama_cpp_speed(gguf_path, prompts: list[list[int]], max_new_tokens: int = 128, threads: int = 2) -> dict:
     """Greedy tokens/s of llama.cpp on the same GGUF and prompt tokens, EOS suppressed so every run
-    has max_new_tokens (as `hola-ros bench` does)."""
-    import time
+    has max_new_tokens (as `hola-ros bench` does). Measured in a child process: a llama.cpp build
+    that crashes (SIGILL on an instruction the machine does not allow) is reported, and the
+    report goes on."""
+    import signal
+    import subprocess
+    import sys
 
     try:
         import llama_cpp
     except ImportError as exc:
         return {"installed": False, "reason": f"import llama_cpp failed: {exc}"}
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=2048, n_threads=threads, verbose=False, seed=0)
+    job = {"gguf": str(gguf_path), "prompts": [[int(t) for t in ids] for ids in prompts],
+           "max_new_tokens": max_new_tokens, "threads": threads}
+    proc = subprocess.run([sys.executable, "-m", "hola_ros.core.evaluation.report", json.dumps(job)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+               else f"exit status {proc.returncode}")
+        return {"installed": True, "version": getattr(llama_cpp, "__version__", "?"), "gguf": str(gguf_path),
+                "reason": f"llama.cpp failed ({how}) {proc.stderr.strip()[-300:]}".strip()}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure_llama_cpp(gguf: str, prompts: list[list[int]], max_new_tokens: int, threads: int) -> dict:
+    import time
+
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=threads, verbose=False, seed=0)
     runs = []
     for ids in prompts:
         llm.reset()
@@ -74,7 +95,7 @@ def llama_cpp_speed(gguf_path, prompts: list[list[int]], max_new_tokens: int = 1
         dt = time.perf_counter() - t0
         n = out["usage"]["completion_tokens"]
         runs.append({"new_tokens": n, "total_s": round(dt, 4), "tokens_per_s": round(n / dt, 3)})
-    return {"installed": True, "version": getattr(llama_cpp, "__version__", "?"), "gguf": str(gguf_path),
+    return {"installed": True, "version": getattr(llama_cpp, "__version__", "?"), "gguf": gguf,
             "threads": threads, "runs": runs,
             "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs)}
 
@@ -117,7 +138,7 @@ def _plots(m: dict, out: Path) -> None:
     for set_name, systems in (bench.get("summary") or {}).items():
         bars += [(f"bench {set_name} {s}", v["median_tokens_per_s"]) for s, v in systems.items()]
     llama = m.get("llama_cpp") or {}
-    if llama.get("installed"):
+    if "median_tokens_per_s" in llama:
         bars.append(("bench gsm8k llama.cpp", llama["median_tokens_per_s"]))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
     ax.barh([b[0] for b in bars], [b[1] for b in bars], color=["C0" if b[0].startswith("eval") else "C1" for b in bars])
@@ -310,15 +331,18 @@ def build_report(m: dict, out_dir) -> Path:
     else:
         L += [f"Not run: {bench.get('error', 'skipped')}.", ""]
     llama = m.get("llama_cpp") or {}
-    if llama.get("installed"):
+    if "median_tokens_per_s" in llama:
         ref = (bench.get("summary") or {}).get("gsm8k", {})
         ratios = ", ".join(f"{llama['median_tokens_per_s'] / ref[k]['median_tokens_per_s']:.2f}x {k}"
                            for k in ("ar", "hf_generate", "hsd_l0_l1") if k in ref)
-        L += [f"llama.cpp (`llama-cpp-python` {llama['version']}, same GGUF, same GSM8K prompt tokens, "
+        L += [f"llama.cpp (`llama-cpp-python` {llama['version']}, the same GGUF file `{Path(llama['gguf']).name}`: "
+              "llama.cpp computes with its quantized weights, this package with float32 weights dequantized "
+              "from it; same GSM8K prompt tokens, "
               f"{llama['threads']} threads, greedy, {llama['runs'][0]['new_tokens']} tokens): median "
               f"{llama['median_tokens_per_s']:.2f} tokens/s" + (f" = {ratios} (this run)." if ratios else "."), ""]
     else:
-        status = "not installed" if llama.get("installed") is False else "not measured"
+        status = {False: "not installed", True: "installed but not measured"}.get(llama.get("installed"),
+                                                                                 "not measured")
         L += [f"llama.cpp: {status} ({llama.get('reason', 'not run')}); no number is given for it.", ""]
     lb = m.get("lobi_bench")
     if lb and lb.get("solo"):
@@ -353,3 +377,9 @@ def build_report(m: dict, out_dir) -> Path:
     path = out / "REPORT.md"
     path.write_text("\n".join(L))
     return path
+
+
+if __name__ == "__main__":  # the llama.cpp child of llama_cpp_speed
+    import sys
+
+    print(json.dumps(_measure_llama_cpp(**json.loads(sys.argv[1]))))
