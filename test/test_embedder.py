@@ -1,5 +1,5 @@
-"""The embedder's backends: onnxruntime gives sentence-transformers' vectors, in input order,
-from a cached export; bad backends are refused."""
+"""The embedder's backends: onnxruntime gives sentence-transformers' vectors from a cached export
+for queries, large calls stay on torch; bad backends are refused."""
 import os
 
 import numpy as np
@@ -32,10 +32,22 @@ def test_onnxruntime_vectors_equal_sentence_transformers_in_input_order(both):
     assert a.shape == b.shape == (len(TEXTS), torch_embedder.dim)
     assert np.abs(a - b).max() < 1e-5
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
-    # a batch is sorted by length inside; each row must still belong to its own text
+    # a padded batch gives each text its own vector
     singles = np.concatenate([ort_embedder.encode([t]) for t in TEXTS])
     assert np.abs(singles - b).max() < 1e-5
     assert ort_embedder.encode([]).shape == (0, ort_embedder.dim)
+
+
+def test_large_calls_run_on_torch(both, monkeypatch):
+    torch_embedder, ort_embedder = both
+    texts = [f"passage number {i} about dock CD-{i}" for i in range(embedder_module.ONNX_MAX_TEXTS + 1)]
+
+    class NoRun:
+        def run(self, *args, **kwargs):
+            raise AssertionError("a corpus-sized call went to onnxruntime")
+
+    monkeypatch.setattr(ort_embedder, "_session", NoRun())
+    assert np.abs(ort_embedder.encode(texts) - torch_embedder.encode(texts)).max() < 1e-6
 
 
 def test_export_is_cached_and_reused(both, monkeypatch):
