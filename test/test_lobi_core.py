@@ -43,6 +43,22 @@ def test_lowrank_error_falls_as_rank_rises_and_matches_measured_error():
         assert measured == pytest.approx(spec.error(r), rel=1e-3, abs=1e-5)
 
 
+def test_singular_gram_is_damped_until_it_factors_and_an_indefinite_one_is_refused():
+    from hola_ros.core.lobi.lowrank import spectrum
+
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(32, 64, generator=gen)
+    x = torch.randn(8, 64, generator=gen)  # fewer calibration tokens than input features
+    gram = x.T @ x
+    gram -= 1e-3 * gram.diagonal().mean() * torch.eye(64)  # rounding pushed it below zero
+    with pytest.raises(RuntimeError):  # the undamped matrix does not factor
+        torch.linalg.cholesky(gram.double() + 1e-6 * gram.diagonal().mean().double() * torch.eye(64).double())
+    spec = spectrum(w, gram)
+    assert spec.error(64) == pytest.approx(0.0, abs=1e-6) and 0 < spec.error(4) < 1
+    with pytest.raises(ValueError, match="not positive definite even with damping"):
+        spectrum(w, -torch.eye(64))
+
+
 def test_choose_rank_leaves_dense_when_low_rank_does_not_pay():
     from hola_ros.core.lobi.lowrank import choose_rank, spectrum
 

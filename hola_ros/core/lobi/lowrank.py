@@ -32,11 +32,20 @@ class Spectrum:
         return float(self.eigvals[rank:].sum().clamp(min=0) / total) ** 0.5
 
 
-def spectrum(weight: torch.Tensor, gram: torch.Tensor, damp: float = 1e-6) -> Spectrum:
+def spectrum(weight: torch.Tensor, gram: torch.Tensor, damp: float = 1e-6, max_damp: float = 1e-2) -> Spectrum:
     w = weight.detach().double()
     c = gram.double()
-    c = c + damp * c.diagonal().mean().clamp(min=1e-12) * torch.eye(c.shape[0], dtype=c.dtype)
-    l_mat = torch.linalg.cholesky(c)
+    eye = torch.eye(c.shape[0], dtype=c.dtype)
+    scale = c.diagonal().mean().clamp(min=1e-12)
+    # a Gram matrix summed in float32 over fewer tokens than input features is singular up to
+    # rounding, which differs between CPUs: raise the damping tenfold until it factors (GPTQ damps 1%)
+    while True:
+        l_mat, info = torch.linalg.cholesky_ex(c + damp * scale * eye)
+        if int(info) == 0:
+            break
+        if damp >= max_damp:
+            raise ValueError(f"calibration Gram matrix is not positive definite even with damping {damp:g}")
+        damp *= 10
     l_inv = torch.linalg.solve_triangular(l_mat, torch.eye(c.shape[0], dtype=c.dtype), upper=False)
     m = l_mat.T @ (w.T @ w) @ l_mat
     vals, vecs = torch.linalg.eigh((m + m.T) / 2)
