@@ -7,11 +7,12 @@ from hola_ros.nodes.convert import msg_to_dict, stats_to_msg
 def test_stats_round_trip_typed_fields_and_detail():
     stats = {"prompt_tokens": 12, "new_tokens": 5, "tokens_per_s": 9.5, "decoding_mode": "hsd", "degraded": True,
              "flags": ["drafter_unavailable"], "retrieval_level": 2, "complexity_score": 0.25,
-             "sources": [{"text": "dock B", "source": "kb/dock.md", "score": 0.8}],
+             "sources": [{"text": "dock B", "source": "kb/dock.md", "score": 0.8, "tokens": 7}],
              "acceptance_per_level": {"L0": 0.5}, "stop_reason": "eos"}
     msg = stats_to_msg(stats)
     assert msg.new_tokens == 5 and msg.degraded and msg.flags == ["drafter_unavailable"]
     assert msg.sources[0].source == "kb/dock.md" and abs(msg.sources[0].score - 0.8) < 1e-6
+    assert msg.sources[0].tokens == 7
     assert json.loads(msg.detail_json) == {"acceptance_per_level": {"L0": 0.5}}
     back = msg_to_dict(msg)
     assert back["retrieval_level"] == 2 and back["detail"]["acceptance_per_level"]["L0"] == 0.5

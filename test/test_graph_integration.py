@@ -38,6 +38,9 @@ def test_ask_cli_streams_the_answer_and_prints_json(graph):
     stats = out["stats"]
     assert 0 < stats["new_tokens"] <= 48 and stats["decoding_mode"] == "hsd" and stats["target_forwards"] >= 1
     assert not stats["degraded"] and stats["retrieval_level"] in (0, 1, 2)
+    # each passage reports what it spent of the context budget
+    assert sum(p["tokens"] for p in stats["sources"]) == stats["context_tokens"]
+    assert all(p["tokens"] > 0 for p in stats["sources"])
     assert stats["tokens_per_s"] > 0 and stats["total_s"] >= stats["queue_s"] >= 0
 
 

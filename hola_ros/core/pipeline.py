@@ -48,7 +48,7 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
                 passages = decision.passages
                 stats.update(retrieval_level=decision.level, complexity_score=decision.score,
                              retrievals=decision.retrievals, context_tokens=decision.context_tokens,
-                             sources=[{"text": p.text, "source": p.source, "score": p.score} for p in passages],
+                             sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens} for p in passages],
                              retrieval_detail=decision.detail)
     stats["retrieval_s"] = time.monotonic() - started
 

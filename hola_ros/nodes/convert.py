@@ -14,7 +14,7 @@ def stats_to_msg(stats: dict) -> GenerationStats:
     for key, value in stats.items():
         if key == "sources":
             msg.sources = [Passage(text=str(p.get("text", "")), source=str(p.get("source", "")),
-                                   score=float(p.get("score", 0.0))) for p in value]
+                                   score=float(p.get("score", 0.0)), tokens=int(p.get("tokens", 0))) for p in value]
         elif key in fields and key != "detail_json":
             current = getattr(msg, key)
             if isinstance(current, list):
