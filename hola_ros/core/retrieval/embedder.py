@@ -7,8 +7,9 @@ Backends: `torch` (sentence-transformers itself) or `onnxruntime` (the same modu
 once to ONNX and cached; ~35% less per-query latency on a 2-core CPU, same vectors to ~1e-7).
 `auto` takes onnxruntime and falls back to torch when the export fails. onnxruntime embeds only
 small calls (queries): on batches of corpus text it measured slower and ~40% hungrier than torch
-(3000 GSM8K passages: 120 s / +1.1 GB peak vs 84 s / +0.8 GB), so ingest stays on torch. sentence-transformers'
-own ONNX backend needs optimum, whose releases pin transformers < 4.58, so the export is ours.
+(3000 GSM8K passages: 120 s / +1.1 GB peak vs 84 s / +0.8 GB), so ingest stays on torch.
+sentence-transformers' own ONNX backend needs optimum, whose releases pin transformers < 4.58,
+so the export is ours.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 BACKENDS = ("auto", "torch", "onnxruntime")
 _ONNX_OPSET = 17
 ONNX_MAX_TEXTS = 8  # calls with more texts than this (ingest batches) run on torch
-_cache: dict[str, "Embedder"] = {}
+_cache: dict[tuple[str, str], "Embedder"] = {}  # (model path, backend)
 _cache_lock = threading.Lock()
 
 
