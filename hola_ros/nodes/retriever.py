@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
+from hola_ros.core.retrieval.embedder import BACKENDS as EMBEDDER_BACKENDS
 from hola_ros.msg import Passage
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.srv import Retrieve
@@ -23,7 +24,7 @@ PARAMS = {
     "thresholds_file": "",       # empty: config/gate_thresholds.yaml when present
 }
 CHECKS = {
-    "embedder_backend": (lambda v: v in ("auto", "torch", "onnxruntime"), "one of auto, torch, onnxruntime"),
+    "embedder_backend": (lambda v: v in EMBEDDER_BACKENDS, f"one of {', '.join(EMBEDDER_BACKENDS)}"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "budget_tokens": (lambda v: 1 <= v <= 100000, "must be in [1, 100000]"),
