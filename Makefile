@@ -1,4 +1,4 @@
-.PHONY: setup demo test peers
+.PHONY: setup demo test peers models
 setup:
 	scripts/setup
 demo:
@@ -7,3 +7,5 @@ test:
 	scripts/test
 peers:
 	scripts/setup-peers
+models:
+	scripts/setup-models

@@ -44,6 +44,8 @@ def tiny_model(seed: int = 0, vocab: int = 300, hidden: int = 64, layers: int = 
 
 @functools.lru_cache(maxsize=1)
 def default_model():
-    from hola_ros.core.models import load_model
+    """The tiny packaged model the tests run (SmolLM2-135M on the ONNX Runtime engine)."""
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import TEST_MODEL
 
-    return load_model()
+    return load_engine(TEST_MODEL, threads=1)

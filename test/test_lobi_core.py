@@ -126,20 +126,22 @@ def test_build_writes_a_manifest_that_round_trips(built, tiny_dir):
 
 
 def test_load_artifact_torch_matches_the_base_model(built, tiny_dir):
+    import numpy as np
+
+    from hola_ros.core.engines import load_engine
     from hola_ros.core.lobi import load_artifact
-    from hola_ros.core.models import load_model
 
     out, _ = built
     draft = load_artifact(out, backend="torch", base=str(tiny_dir))
-    target = load_model(str(tiny_dir))
+    target = load_engine(str(tiny_dir))
     assert draft.vocab_size == target.vocab_size and 256 in draft.eos_token_ids
     ids = draft.encode("The robot moves to the kitchen and picks up")
     ld = draft.new_session().forward(ids)
     lt = target.new_session().forward(ids)
     assert ld.shape == lt.shape
-    agree = (ld.argmax(-1) == lt.argmax(-1)).float().mean().item()
+    agree = float((ld.argmax(-1) == lt.argmax(-1)).mean())
     assert agree > 0.8
-    assert ((ld - lt).norm() / lt.norm()).item() < 0.2
+    assert float(np.linalg.norm(ld - lt) / np.linalg.norm(lt)) < 0.2
 
 
 def test_budget_too_small_is_refused(tiny_dir, calib, tmp_path):

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+t = torch.from_numpy  # engine sessions return numpy logits
+
 from lobi_helpers import save_tiny, write_calib
 
 
@@ -46,19 +48,19 @@ def test_onnx_matches_torch_with_incremental_cache_and_rollback(art, flavour):
         full = ref.model(input_ids=torch.tensor([ids])).logits[0]
     scale = full.abs().max().item()
     sess = _export(path, manifest, flavour, 0)()
-    prefill = sess.forward(ids[:20])
+    prefill = t(sess.forward(ids[:20]))
     assert prefill.shape == (20, ref.vocab_size) and prefill.dtype == torch.float32
     assert torch.allclose(prefill, full[:20], atol=1e-4 * scale)
-    for t in range(20, 26):  # one token at a time through the cache
-        step = sess.forward([ids[t]])
-        assert torch.allclose(step[0], full[t], atol=1e-4 * scale)
-    block = sess.forward(ids[26:30])  # a verification-sized block
+    for i in range(20, 26):  # one token at a time through the cache
+        step = t(sess.forward([ids[i]]))
+        assert torch.allclose(step[0], full[i], atol=1e-4 * scale)
+    block = t(sess.forward(ids[26:30]))  # a verification-sized block
     assert torch.allclose(block, full[26:30], atol=1e-4 * scale)
     sess.rollback(22)
     assert sess.length == 22
     sess.forward([5, 6, 7])  # wrong continuation, then back again
     sess.rollback(22)
-    again = sess.forward(ids[22:34], last_only=True)
+    again = t(sess.forward(ids[22:34], last_only=True))
     assert again.shape == (1, ref.vocab_size)
     assert torch.allclose(again[0], full[33], atol=1e-4 * scale)
     with pytest.raises(ValueError):
@@ -74,7 +76,7 @@ def test_fast_kernels_stay_close_and_load_artifact_picks_onnxruntime(art):
     assert draft.info["backend"] == "onnxruntime" and draft.model is None
     ref = _reference(path)
     ids = draft.encode("How many wheels do 4 robots have if each robot")
-    got = draft.new_session().forward(ids)
+    got = t(draft.new_session().forward(ids))
     with torch.inference_mode():
         want = ref.model(input_ids=torch.tensor([ids])).logits[0]
     # accuracy level 4 quantizes activations to int8 inside MatMulNBits: close, not exact
@@ -129,10 +131,10 @@ def test_tensorrt_engine_runs_like_torch(art):
     with torch.inference_mode():
         full = ref.model(input_ids=torch.tensor([ids])).logits[0]
     sess = engine.new_session()
-    got = torch.cat([sess.forward(ids[:12]), sess.forward(ids[12:16]), sess.forward(ids[16:])])
+    got = torch.cat([t(sess.forward(ids[:12])), t(sess.forward(ids[12:16])), t(sess.forward(ids[16:]))])
     assert ((got - full).norm() / full.norm()).item() < 0.02  # fp16 engine
     sess.rollback(12)
-    assert torch.allclose(sess.forward(ids[12:16]), got[12:16], atol=1e-2 * full.abs().max().item())
+    assert torch.allclose(t(sess.forward(ids[12:16])), got[12:16], atol=1e-2 * full.abs().max().item())
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -140,10 +142,10 @@ def test_compressed_drafter_inside_hsd_keeps_greedy_output_identical(art, backen
     from hola_ros.core.drafters import LocalDrafter
     from hola_ros.core.hsd import GenerationConfig, generate
     from hola_ros.core.lobi import load_artifact
-    from hola_ros.core.models import load_model
+    from hola_ros.core.engines import load_engine
 
     path, _, base = art
-    target = load_model(str(base))
+    target = load_engine(str(base))
     draft = load_artifact(path, backend=backend, base=target)
     prompt = target.encode("The robot moves to the kitchen and picks up 3 red cups. Then it")
     ar = generate(target, prompt, GenerationConfig(max_new_tokens=40, mode="ar"))

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -8,45 +9,50 @@ def test_session_matches_full_forward_and_rolls_back():
     m = tiny_model()
     ids = list(range(10, 42))
     with torch.inference_mode():
-        full = m.model(input_ids=torch.tensor([ids])).logits[0]
+        full = m.model(input_ids=torch.tensor([ids])).logits[0].numpy()
     s = m.new_session()
     s.forward(ids[:20])
     step = s.forward(ids[20:25])
     assert s.length == 25
-    assert torch.allclose(step, full[20:25], atol=1e-5)
+    assert np.allclose(step, full[20:25], atol=1e-5)
     # overwrite positions 22.. with other tokens, then roll back and redo the original ones
     s.rollback(22)
     s.forward([1, 2, 3, 4])
     s.rollback(22)
     assert s.length == 22
     again = s.forward(ids[22:30])
-    assert torch.allclose(again, full[22:30], atol=1e-5)
+    assert np.allclose(again, full[22:30], atol=1e-5)
     assert s.forward([ids[30]], last_only=True).shape == (1, m.vocab_size)
     with pytest.raises(ValueError):
         s.rollback(s.length + 1)
 
 
 def test_bad_spec_is_a_clear_error(tmp_path):
-    from hola_ros.core.models import load_model
+    from hola_ros.core.engines import load_engine
 
     with pytest.raises(FileNotFoundError, match="model spec"):
-        load_model(str(tmp_path / "nothing-here"))
+        load_engine(str(tmp_path / "nothing-here"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_engine(str(tmp_path), backend="tflite")
+    with pytest.raises(ValueError, match="onnxruntime needs a .gguf"):
+        load_engine(str(tmp_path), backend="onnxruntime")
 
 
 @pytest.mark.slow
-def test_default_model_loads_from_cache_with_chat_template():
-    from hola_ros.core.models import DEFAULT_MODEL, load_model
+def test_test_model_runs_on_onnxruntime_with_its_chat_template():
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import TEST_MODEL
 
     m = default_model()
-    assert m.name == DEFAULT_MODEL
+    assert m.info["backend"] == "onnxruntime" and m.model is None and "SmolLM2" in m.source
     assert m.vocab_size == 49152 and m.context_length >= 2048
-    im_end = m.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert im_end in m.eos_token_ids
+    assert m.tokenizer.convert_tokens_to_ids("<|im_end|>") in m.eos_token_ids
     ids = m.chat_ids([{"role": "user", "content": "Name a colour."}])
-    text = m.tokenizer.decode(ids)
+    text = m.tokenizer.decode(ids, skip_special_tokens=False)
     assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
     assert m.decode(m.encode("Hello robot")) == "Hello robot"
-    # the second load reads the safetensors cache, not the GGUF
-    again = load_model(DEFAULT_MODEL)
-    assert again.source == m.source and "SmolLM2" in again.source
-    assert torch.equal(again.model.model.embed_tokens.weight, m.model.model.embed_tokens.weight)
+    # weights stay quantized: the engine holds far fewer bytes than float32 parameters would
+    assert m.info["weights_bytes"] < 0.35 * 4 * 135e6
+    # the second load reads the converted engine, not the GGUF
+    again = load_engine(TEST_MODEL, threads=1)
+    assert again.info["engine_dir"] == m.info["engine_dir"] and again.load_s < 30

@@ -7,7 +7,11 @@ def register(subparsers) -> None:
                               description="Generate one answer in this process. Without --json the text streams "
                                           "to stdout and a stats line goes to stderr.")
     p.add_argument("--prompt", required=True, help="user message (the chat template is applied unless --raw)")
-    p.add_argument("--model", default=None, help="default model name, a Hugging Face directory or a .gguf file")
+    p.add_argument("--model", default=None, help="packaged model name (default: the served default), a .gguf "
+                                                  "file, a Hugging Face directory or a Lo-Bi artifact")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"), default="auto",
+                   help="auto: onnxruntime for GGUFs (quantized weights), torch for HF directories")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--mode", choices=("ar", "hsd"), default="hsd")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -24,28 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--draft-len-max", type=int, default=16)
     p.add_argument("--entropy-gate", type=float, default=None, metavar="TAU",
                    help="the paper's entropy gate: keep draft tokens with entropy < TAU unchecked (LOSSY)")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", help="torch backend: float32, bfloat16, float16 or int8")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stop_reason, stats")
     p.set_defaults(run=run)
-
-
-def load_l1(spec: str | None, target_spec: str | None, threads):
-    """The L1 drafter model for a spec (None: no L1)."""
-    if not spec:
-        return None
-    from hola_ros.core.models import load_model
-
-    if spec == "int8":
-        return load_model(target_spec, dtype="int8", threads=threads)
-    try:
-        from hola_ros.core.lobi import is_artifact, load_artifact
-
-        if is_artifact(spec):
-            return load_artifact(spec)
-    except ImportError:
-        pass
-    return load_model(spec, threads=threads)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hola_ros.core.drafters import LocalDrafter
+    from hola_ros.core.engines import load_engine, load_l1
     from hola_ros.core.hsd import GenerationConfig, generate
-    from hola_ros.core.models import DEFAULT_MODEL, load_model
 
-    target = load_model(args.model or DEFAULT_MODEL, dtype=args.dtype, threads=args.threads)
+    target = load_engine(args.model, backend=args.backend, dtype=args.dtype, threads=args.threads,
+                         device=args.device)
     if args.raw:
         prompt_ids = target.encode(args.prompt)
     else:
@@ -67,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_ids = target.chat_ids(messages)
     drafter = None
     if args.mode == "hsd":
-        l1 = load_l1(args.l1_model, args.model, args.threads)
+        l1 = load_l1(args.l1_model, args.model, threads=args.threads, device=args.device)
         if args.no_ngram and l1 is None:
             print("error: --no-ngram needs --l1-model (HSD needs at least one drafting level)", file=sys.stderr)
             return 2

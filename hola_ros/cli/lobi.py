@@ -9,7 +9,7 @@ def register(sub) -> None:
     b.add_argument("--budget-mb", required=True,
                    help="weight bytes allowed, in MB (1e6 bytes); a comma list builds one artifact per budget "
                         "from one calibration pass")
-    b.add_argument("--model", help="base model spec (default: the packaged SmolLM2-135M-Instruct)")
+    b.add_argument("--model", help="base model spec, llama architecture (default: the packaged SmolLM2-135M-Instruct)")
     b.add_argument("--calib", help="calibration JSONL/text (default: shared GSM8K train split)")
     b.add_argument("--calib-size", type=int, default=64, help="calibration samples (default 64)")
     b.add_argument("--seq-len", type=int, default=128, help="calibration sequence length (default 128)")
@@ -137,9 +137,9 @@ def run_build(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hola_ros.core.lobi.build import build_artifacts
     from hola_ros.core.lobi.quant import BudgetError
-    from hola_ros.core.models import DEFAULT_MODEL
+    from hola_ros.core.model_store import TEST_MODEL
 
-    model = args.model or DEFAULT_MODEL
+    model = args.model or TEST_MODEL
     try:
         budgets = [float(b) for b in str(args.budget_mb).split(",") if b.strip()]
     except ValueError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
 
 
@@ -141,9 +143,7 @@ class LocalDrafter:
         return DraftProposal(tokens=tokens, levels=levels, entropies=entropies, draft_s=time.perf_counter() - t0)
 
     def _model_stage(self, req: _Request, l0: list[int], k: int):
-        import torch
-
-        from hola_ros.core.sampling import entropy
+        from hola_ros.core.sampling import top_token
 
         st = req.model
         logits = st.logits_after(req.context)
@@ -151,25 +151,24 @@ class LocalDrafter:
         levels: list[int] = []
         entropies: list[float] = []
         if l0:
-            rows = torch.cat([logits[None], st.feed(l0)])
+            rows = np.concatenate([logits[None], st.feed(l0)])
             guesses = rows.argmax(-1).tolist()
             for i, tok in enumerate(l0):
                 if guesses[i] != tok:
                     break
                 tokens.append(tok)
                 levels.append(0)
-                entropies.append(entropy(rows[i]))
+                entropies.append(top_token(rows[i])[2])
             if len(tokens) < len(l0):  # L1 overrules L0 from here on
                 st.session.rollback(st.session.length - (len(l0) - len(tokens)))
                 del st.cached[len(st.cached) - (len(l0) - len(tokens)):]
             logits = rows[len(tokens)]
         while len(tokens) < k:
-            probs = torch.softmax(logits.float(), -1)
-            tok = int(probs.argmax())
+            tok, p_top, h = top_token(logits)
             tokens.append(tok)
             levels.append(1)
-            entropies.append(entropy(logits))
-            if len(tokens) == k or float(probs[tok]) < self.min_confidence:
+            entropies.append(h)
+            if len(tokens) == k or p_top < self.min_confidence:
                 break
             logits = st.feed([tok])[-1]
         return tokens, levels, entropies

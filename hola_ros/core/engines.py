@@ -1,17 +1,162 @@
-"""One entry for every place that loads a model from a parameter: a model spec (default name,
-Hugging Face directory, .gguf file) or a Lo-Bi artifact directory."""
-from hola_ros.core.lobi import is_artifact, load_artifact
-from hola_ros.core.models import load_model
+"""The one loader: a model spec becomes an engine (a models.LoadedModel).
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+Specs: a packaged model name (model_store.PACKAGED), a .gguf file, a Hugging Face model
+directory, or a Lo-Bi artifact directory. Backends:
+  onnxruntime  GGUF weights kept quantized in MatMulNBits (onnx_graph); the default for GGUFs
+  torch        float32 (dequantized GGUF or HF directory), row-invariant packed kernels;
+               dtype int8 gives a dynamic-int8 copy (a drafter, never ground truth)
+  tensorrt     Lo-Bi artifacts' TensorRT engines, where TensorRT exists
+Every engine says whether a verified block equals one-token steps bitwise
+(info["row_invariant"], probed on the loaded model, not assumed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hola_ros.core.model_store import DEFAULT_MODEL, cache_base, gguf_path, is_packaged
+
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+DEVICES = ("cpu", "cuda", "auto")
+_log = logging.getLogger("hola_ros.engines")
 
 
-def load_engine(spec: str, dtype: str = "float32", threads: int | None = None, backend: str = "auto",
-                packed: bool = True):
-    """LoadedModel for `spec`; a Lo-Bi artifact runs on `backend` and is checked against the base
-    model its manifest names (a mismatch is refused)."""
+def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto", dtype: str = "float32",
+                threads: int | None = None, device: str = "cpu", packed: bool = True):
+    """Load `spec` (None: the default served model) on `backend`; see the module doc."""
+    from hola_ros.core.lobi import is_artifact, load_artifact
+    from hola_ros.core.models import load_model
+
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    spec = str(spec or DEFAULT_MODEL)
     if is_artifact(spec):
         return load_artifact(spec, backend=backend, threads=threads)
-    return load_model(spec, dtype=dtype, threads=threads, packed=packed)
+    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    is_gguf = path.suffix.lower() == ".gguf"
+    if not path.exists():
+        raise FileNotFoundError(f"model spec {spec!r}: expected a packaged name, a .gguf file, a Hugging Face "
+                                f"model directory or a Lo-Bi artifact directory")
+    if backend == "tensorrt":
+        raise ValueError("backend tensorrt runs Lo-Bi artifacts (hola-ros lobi build --export onnx); "
+                         f"{spec!r} is not one")
+    if is_gguf and backend in ("auto", "onnxruntime") and dtype in ("float32", "gguf"):
+        return load_gguf(path, threads=threads, device=device)
+    if backend == "onnxruntime":
+        raise ValueError(f"backend onnxruntime needs a .gguf file or a Lo-Bi artifact, not {spec!r} "
+                         f"(dtype {dtype!r} runs on torch)")
+    loaded = load_model(path, dtype=dtype, threads=threads, packed=packed, device=device,
+                        name=spec if is_packaged(spec) else None)
+    loaded.info["row_invariant"] = bool(loaded.info.get("row_invariant")) and probe_row_invariance(loaded)
+    return loaded
+
+
+def load_l1(spec: str | None, target_spec: str | None = None, *, backend: str = "auto", threads: int | None = None,
+            device: str = "cpu"):
+    """The level-1 drafter model: a spec like load_engine's, or 'int8' for a dynamic-int8 torch
+    copy of the target; None or '' for no L1."""
+    if not spec:
+        return None
+    if spec == "int8":
+        return load_engine(target_spec, backend="torch", dtype="int8", threads=threads, device=device)
+    return load_engine(spec, backend=backend, threads=threads, device=device)
+
+
+def engine_cache(gguf: Path, accuracy_level: int = 4) -> Path:
+    """The ONNX engine directory of a GGUF, converted on first use (gguf_import).
+    accuracy_level 4 (int8 compute, each activation row quantized on its own) is what makes
+    verification row-invariant; other levels exist to show what breaks without it."""
+    from hola_ros.core import gguf_import, onnx_graph
+
+    gguf = Path(gguf).resolve()
+    st = gguf.stat()
+    # the converter's own source is part of the key: a changed graph writer never reuses an old engine
+    writer = b"".join(Path(m.__file__).read_bytes() for m in (gguf_import, onnx_graph))
+    key = f"{gguf}|{st.st_size}|{st.st_mtime_ns}|{hashlib.sha256(writer).hexdigest()}|{accuracy_level}"
+    target = cache_base() / "engines" / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not (target / "meta.json").is_file():
+        _log.info("converting %s for the ONNX engine (once)", gguf)
+        gguf_import.convert(gguf, target, accuracy_level=accuracy_level)
+    return target
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda:
+        raise ValueError(f"device cuda: onnxruntime has no CUDA provider here (available: {', '.join(available)})")
+    return (["CUDAExecutionProvider"] if cuda and device in ("cuda", "auto") else []) + ["CPUExecutionProvider"]
+
+
+def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accuracy_level: int = 4):
+    """A GGUF on the ONNX Runtime engine (weights quantized, see gguf_import)."""
+    from gguf import GGMLQuantizationType, quants
+
+    from hola_ros.core.models import LoadedModel
+    from hola_ros.core.onnx_graph import OrtKVSession, ort_session
+    from hola_ros.core.tokenizer import ChatTokenizer
+
+    t0 = time.perf_counter()
+    folder = engine_cache(gguf, accuracy_level)
+    meta = json.loads((folder / "meta.json").read_text())
+    spec = meta["spec"]
+    sess = ort_session(folder / "model.onnx", threads, providers=_providers(device))
+    table = np.load(folder / "embeddings.npy", mmap_mode="r")  # raw GGUF rows, paged in on use
+    qtype, hidden = GGMLQuantizationType[meta["embedding_type"]], spec["hidden"]
+
+    def embed(ids: list[int]) -> np.ndarray:
+        return quants.dequantize(np.asarray(table[np.asarray(ids)]), qtype).reshape(len(ids), hidden).astype(np.float32)
+
+    def new_session():
+        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"])
+
+    tokenizer = ChatTokenizer(folder)
+    special = meta["special_tokens"]
+    eos = {special[k] for k in ("eos_token_id", "eot_token_id", "eom_token_id") if k in special}
+    # end-of-generation tokens llama.cpp also stops on, when the vocabulary has them
+    eos |= {tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS} - {None}
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    loaded = LoadedModel(name=Path(gguf).stem, model=None, tokenizer=tokenizer, eos_token_ids=eos,
+                         context_length=int(spec["context_length"]), vocab_size=int(spec["vocab"]), dtype="gguf",
+                         source=str(gguf), session_factory=new_session)
+    fidelity = [w["fidelity"] for w in meta["weights"].values()]
+    loaded.info.update(backend="onnxruntime", providers=sess.get_providers(), engine_dir=str(folder),
+                       weights_bytes=(folder / "weights.data").stat().st_size,
+                       weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
+    loaded.info["row_invariant"] = probe_row_invariance(loaded)
+    loaded.load_s = time.perf_counter() - t0
+    return loaded
+
+
+def probe_row_invariance(model, block: int = 4) -> bool:
+    """Does a verified block of `block` tokens give bitwise the logits of one-token steps?
+    Decides whether greedy HSD is guaranteed to reproduce plain decoding on this engine."""
+    ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog.")[:12]
+    if len(ids) < block + 2:
+        return False
+    session = model.new_session()
+    try:
+        session.forward(ids[:-block], last_only=True)
+        start = session.length
+        steps = [np.array(session.forward([t])[0]) for t in ids[-block:]]
+        session.rollback(start)
+        rows = np.asarray(session.forward(ids[-block:]))
+        same = bool(np.array_equal(rows, np.stack(steps)))
+    finally:
+        session.close()
+    if not same:
+        _log.warning("%s: a verified block differs from one-token steps: greedy HSD output is NOT guaranteed "
+                     "to equal plain decoding (answers say exact: false)", model.name)
+    return same

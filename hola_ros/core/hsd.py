@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from hola_ros.core.detok import TextStream
 from hola_ros.core.protocol import DraftProposal
 
@@ -78,8 +80,6 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
              request_id: str = "r0", on_block: Callable[[list[int], str], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> GenerationResult:
     """Generate from `target` (models.LoadedModel) after `prompt_ids`; see the module doc."""
-    import torch
-
     cfg = config or GenerationConfig()
     cfg.validate()
     prompt_ids = [int(t) for t in prompt_ids]
@@ -94,7 +94,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         flags.append("max_new_tokens_clipped_to_context")
     greedy = cfg.temperature == 0.0
     seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(7), "little")
-    gen = torch.Generator().manual_seed(seed)
+    gen = np.random.default_rng(seed)
     lossy = cfg.mode == "hsd" and cfg.entropy_gate_tau is not None
     if lossy:
         flags.append("entropy_gate")
@@ -150,8 +150,8 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
             t0 = time.perf_counter()
             rows = session.forward([last] + draft)
             if cfg.ignore_eos and target.eos_token_ids:
-                rows = rows.clone()  # inference tensors are read-only outside inference_mode
-                rows[:, sorted(target.eos_token_ids)] = float("-inf")
+                rows = np.array(rows)  # the engine's buffer may be read-only
+                rows[:, sorted(target.eos_token_ids)] = -np.inf
             accepted, nxt, gated = _verify(rows, draft, ents, cfg, greedy, gen)
             session.rollback(session.length - len(draft) + accepted)
             c.verify_s += time.perf_counter() - t0
@@ -192,6 +192,9 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         flags.append("drafter_unavailable")
     proposed = sum(c.proposed.values())
     accepted_all = sum(c.accepted.values())
+    row_invariant = bool(getattr(target, "info", {}).get("row_invariant", False))
+    if not row_invariant and proposed:
+        flags.append("not_row_invariant")
     stats = {
         "mode": cfg.mode,
         "prompt_tokens": len(prompt_ids),
@@ -212,7 +215,9 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         "lossy": lossy,
         "gate_overrides": c.gated,
         "degraded": degraded,
-        "row_invariant": bool(getattr(target, "info", {}).get("row_invariant", False)),
+        "row_invariant": row_invariant,
+        # drafted tokens change nothing only if verified rows equal one-token steps bitwise
+        "exact": not lossy and (row_invariant or proposed == 0),
         "sampling": "greedy" if greedy else "rejection",
         "flags": flags,
     }

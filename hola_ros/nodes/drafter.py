@@ -7,20 +7,22 @@ import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
-from hola_ros.core.engines import BACKENDS
+from hola_ros.core.engines import BACKENDS, DEVICES
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.srv import Draft
 
 PARAMS = {
     "ngram": True,          # level 0
-    "l1_model": "",         # level 1: model spec (default name | HF dir | .gguf) or Lo-Bi artifact dir; empty: off
-    "backend": "auto",      # of a Lo-Bi artifact: auto | torch | onnxruntime | tensorrt
+    "l1_model": "",         # level 1: model spec (packaged name | .gguf | HF dir) or Lo-Bi artifact dir; empty: off
+    "backend": "auto",      # auto (onnxruntime for GGUFs) | onnxruntime | torch | tensorrt
+    "device": "cpu",        # cpu | cuda | auto
     "dtype": "float32",
     "threads": 2,
     "max_open_requests": 32,
 }
 CHECKS = {
     "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "max_open_requests": (lambda v: 1 <= v <= 10000, "must be in [1, 10000]"),
@@ -40,7 +42,8 @@ class DrafterNode(HolaNode):
         from hola_ros.core.engines import load_engine
 
         spec = self.param("l1_model")
-        model = load_engine(spec, self.param("dtype"), self.param("threads"), self.param("backend")) if spec else None
+        model = load_engine(spec, backend=self.param("backend"), dtype=self.param("dtype"), threads=self.param("threads"),
+                            device=self.param("device")) if spec else None
         self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
         self._srv = self.create_service(Draft, "/hola/draft", self._on_draft,
                                         callback_group=MutuallyExclusiveCallbackGroup())

@@ -8,7 +8,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from hola_ros.action import Generate
-from hola_ros.core.engines import BACKENDS
+from hola_ros.core.engines import BACKENDS, DEVICES
 from hola_ros.core.requests import Limits, RequestError, validate_request
 from hola_ros.core.scheduler import Busy, Job, Outcome, Scheduler
 from hola_ros.msg import ResponseChunk
@@ -18,8 +18,9 @@ from hola_ros.nodes.convert import stats_to_msg
 from hola_ros.srv import Ask, Cancel
 
 PARAMS = {
-    "model": "smollm2-135m-instruct",   # default name | HF model dir | .gguf path | Lo-Bi artifact dir
-    "backend": "auto",                  # of a Lo-Bi artifact: auto | torch | onnxruntime | tensorrt
+    "model": "qwen2.5-coder-0.5b-instruct",  # packaged name | .gguf path | HF model dir | Lo-Bi artifact dir
+    "backend": "auto",                  # auto (onnxruntime for GGUFs) | onnxruntime | torch | tensorrt
+    "device": "cpu",                    # cpu | cuda | auto
     "dtype": "float32",
     "threads": 2,
     "max_new_tokens_default": 128,
@@ -35,6 +36,7 @@ PARAMS = {
 }
 CHECKS = {
     "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
+    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
     "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
     "max_new_tokens_default": (lambda v: v >= 1, "must be >= 1"),
@@ -73,7 +75,11 @@ class VerifierNode(HolaNode):
     def activate_resources(self) -> None:
         from hola_ros.core.engines import load_engine
 
-        self._model = load_engine(self.param("model"), self.param("dtype"), self.param("threads"), self.param("backend"))
+        self._model = load_engine(self.param("model"), backend=self.param("backend"), dtype=self.param("dtype"),
+                                  threads=self.param("threads"), device=self.param("device"))
+        if not self._model.info.get("row_invariant"):
+            self.get_logger().warning(f"{self._model.name}: verified blocks are not bitwise equal to one-token steps "
+                                      "on this engine; greedy HSD answers are flagged exact: false")
         self._peers = ClientNode("hola_verifier_clients")
         self._drafter = RemoteDrafter(self._peers, self.param("draft_timeout_s"))
         self._retriever = RemoteRetriever(self._peers, self.param("retrieve_timeout_s"))

@@ -83,7 +83,7 @@ def choice_logliks(model, prompt_ids: list[int], choices: list[list[int]]) -> li
     The prompt is prefilled once; each choice is fed after it and rolled back, over any backend
     that implements models.KVSession.
     """
-    import torch
+    import numpy as np
 
     if not prompt_ids:
         raise ValueError("empty prompt")
@@ -97,8 +97,10 @@ def choice_logliks(model, prompt_ids: list[int], choices: list[list[int]]) -> li
             if not toks:
                 raise ValueError("a choice encodes to no tokens")
             rows = session.forward([prompt_ids[-1]] + toks[:-1])
-            logp = torch.log_softmax(rows.float(), dim=-1)
-            out.append((float(logp[torch.arange(len(toks)), torch.tensor(toks)].sum()), len(toks)))
+            x = np.asarray(rows, np.float64)
+            peak = x.max(-1, keepdims=True)
+            logp = x - peak - np.log(np.exp(x - peak).sum(-1, keepdims=True))
+            out.append((float(logp[np.arange(len(toks)), toks].sum()), len(toks)))
             session.rollback(base)
         return out
     finally:

@@ -224,16 +224,16 @@ class Resources:
 
     def target(self):
         if self._target is None:
-            from hola_ros.core.models import load_model
+            from hola_ros.core.engines import load_engine
 
-            self._target = load_model(self.settings.model, threads=self.settings.threads)
+            self._target = load_engine(self.settings.model, threads=self.settings.threads)
         return self._target
 
     def l1(self):
         if not self._l1_loaded:
-            from hola_ros.cli.generate import load_l1
+            from hola_ros.core.engines import load_l1
 
-            self._l1 = load_l1(self.settings.l1, self.settings.model, self.settings.threads)
+            self._l1 = load_l1(self.settings.l1, self.settings.model, threads=self.settings.threads)
             self._l1_loaded = True
         return self._l1
 
@@ -244,13 +244,14 @@ class Resources:
 
     def retrieve(self):
         if self._retrieve is None:
-            from hola_ros.core.models import load_model
+            from hola_ros.core.engines import load_engine
             from hola_ros.core.retrieval import gsm8k
             from hola_ros.core.retrieval.adacomp import AdaCompRetriever
 
             index_dir, _ = gsm8k.build_index(self.settings.rag_source, progress=True)
             target = self.target()
-            gate_lm = load_model(self.settings.model, packed=False, threads=self.settings.threads)  # needs gradients
+            gate_lm = load_engine(self.settings.model, backend="torch", packed=False,  # the gate needs gradients
+                                  threads=self.settings.threads)
             self._retrieve = AdaCompRetriever(index_dir, gate_model=gate_lm,
                                               count_tokens=lambda t: len(target.encode(t))).retrieve
         return self._retrieve

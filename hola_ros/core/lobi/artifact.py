@@ -78,7 +78,7 @@ def dir_bytes(path) -> int:
 def check_base(path, manifest: dict, base=None) -> str:
     """Compare the artifact's base hash with `base` (a spec, a LoadedModel or None for the
     base recorded in the manifest); return the base directory, raise BaseMismatch otherwise."""
-    from hola_ros.core.models import resolve_spec
+    from hola_ros.core.models import resolve_path
 
     recorded = manifest["base"]
     if isinstance(base, LoadedModel):
@@ -86,7 +86,7 @@ def check_base(path, manifest: dict, base=None) -> str:
     else:
         spec = base or recorded.get("spec") or recorded["id"]
     try:
-        _, base_dir = resolve_spec(spec)
+        base_dir = resolve_path(spec)
     except FileNotFoundError as e:
         raise ArtifactError(f"cannot check artifact {path} against its base model {spec!r}: {e}") from e
     digest = model_dir_sha256(base_dir)

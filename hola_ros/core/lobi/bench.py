@@ -31,24 +31,17 @@ def _prompts(n: int) -> list[str]:
 
 
 def _load(kind: str, spec: str | None, backend: str, threads: int):
-    from hola_ros.core.models import LoadedModel, eos_ids, load_model
+    """(model, weight bytes). The target runs on the same runtime as the artifacts (onnxruntime,
+    quantized GGUF weights), so latencies compare like with like; int8 is torch's dynamic copy."""
+    from hola_ros.core.engines import load_engine, load_l1
 
     if kind == "target":
-        m = load_model(spec, threads=threads)
-        # linears are packed into oneDNN blobs, so count the fp32 checkpoint instead
-        return m, sum(f.stat().st_size for f in Path(m.source).glob("*.safetensors"))
+        m = load_engine(spec, threads=threads)
+        return m, m.info.get("weights_bytes") or sum(f.stat().st_size for f in Path(m.source).glob("*.safetensors"))
     if kind == "int8":
-        import torch
-
-        base = load_model(spec, threads=threads, packed=False)
-        model = torch.ao.quantization.quantize_dynamic(base.model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-        m = LoadedModel(name="int8-dynamic", model=model, tokenizer=base.tokenizer,
-                        eos_token_ids=eos_ids(model, base.tokenizer), context_length=base.context_length,
-                        vocab_size=base.vocab_size, source=base.source)
-        return m, _int8_bytes(model)
-    from . import load_artifact
-
-    m = load_artifact(spec, backend=backend, threads=threads)
+        m = load_l1("int8", spec, threads=threads)
+        return m, _int8_bytes(m.model)
+    m = load_engine(spec, backend=backend, threads=threads)
     return m, m.info["manifest"]["bytes"]["weights"]
 
 
@@ -101,10 +94,10 @@ def _solo(kind, spec, backend, threads, latency_tokens) -> dict:
 
 def _hsd(kind, spec, target_spec, backend, threads, prompts, max_new_tokens) -> dict:
     from hola_ros.core.drafters import LocalDrafter
+    from hola_ros.core.engines import load_engine
     from hola_ros.core.hsd import GenerationConfig, generate
-    from hola_ros.core.models import load_model
 
-    target = load_model(target_spec, threads=threads)
+    target = load_engine(target_spec, threads=threads)
     draft, _ = _load(kind, spec, backend, threads)
     runs = []
     for i, q in enumerate(_prompts(prompts)):
@@ -152,9 +145,9 @@ def _spawn(args: dict, log=print) -> dict:
 
 def run(artifacts, model=None, backend="auto", prompts=4, max_new_tokens=96, latency_tokens=48, threads=2,
         int8=True, log=print) -> dict:
-    from hola_ros.core.models import DEFAULT_MODEL
+    from hola_ros.core.model_store import TEST_MODEL
 
-    model = model or DEFAULT_MODEL
+    model = model or TEST_MODEL  # Lo-Bi builds llama-architecture models (lobi.arch)
     common = dict(threads=threads, backend=backend, latency_tokens=latency_tokens, prompts=prompts,
                   max_new_tokens=max_new_tokens, target=model)
     drafters = ([("int8", model)] if int8 else []) + [("artifact", str(a)) for a in artifacts]
@@ -176,7 +169,7 @@ def print_table(report: dict) -> None:
     target = next((s for s in solo if s.get("kind") == "target" and "error" not in s), None)
     hsd = {(h["kind"], h["spec"]): h for h in report["hsd"]}
     table = Table(title=f"Lo-Bi benchmark ({report['model']}, {report['threads']} threads)")
-    for col in ("model", "backend", "weights MB", "x fp32", "peak RSS MB", "ms/token", "x target",
+    for col in ("model", "backend", "weights MB", "x target", "peak RSS MB", "ms/token", "x target",
                 "HSD accept", "tokens/verify", "HSD speed-up vs AR", "lossless"):
         table.add_column(col, justify="left" if col in ("model", "backend") else "right")
     for s in solo:

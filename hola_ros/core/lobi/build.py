@@ -110,7 +110,8 @@ def build_artifacts(targets, model: str | None = None, calib=None, calib_size: i
     only the bit search and the quantized weights depend on the budget. Low rank is opt-in
     (`lowrank=True`): on SmolLM2-135M every tolerance tried lowered the drafter's acceptance
     at an equal budget (docs/lobi.md)."""
-    from hola_ros.core.models import DEFAULT_MODEL, load_model
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import TEST_MODEL
 
     t_start = time.perf_counter()
     progress = progress or _noop
@@ -121,8 +122,8 @@ def build_artifacts(targets, model: str | None = None, calib=None, calib_size: i
     for out, _ in targets:
         if out.exists() and any(out.iterdir()) and not artifact.is_artifact(out):
             raise FileExistsError(f"{out} exists and is not a Lo-Bi artifact; choose another --out")
-    model = model or DEFAULT_MODEL
-    base = load_model(model, packed=False, threads=threads)
+    model = model or TEST_MODEL  # llama-architecture models only (lobi.arch)
+    base = load_engine(model, backend="torch", packed=False, threads=threads)
     hf = base.model
     arch.check_supported(hf.config)
     cfg = hf.config.get_text_config(decoder=True)

@@ -287,8 +287,6 @@ class OrtKVSession:
         self.length = 0
 
     def forward(self, tokens: list[int], last_only: bool = False):
-        import torch
-
         n = len(tokens)
         if n == 0:
             raise ValueError("forward needs at least one token")
@@ -300,7 +298,7 @@ class OrtKVSession:
         self.past = out[1:]
         self.length += n
         logits = out[0][0]
-        return torch.from_numpy(logits[-1:] if last_only and not self.sliced else logits)
+        return logits[-1:] if last_only and not self.sliced else logits
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:

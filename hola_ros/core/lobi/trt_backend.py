@@ -28,15 +28,15 @@ def available() -> bool:
         return False
 
 
-def engine_key(onnx_sha256: str, precision: str, trt_version: str, device: str) -> str:
+def engine_key(onnx_sha256: str, precision: str, trt_version: str, device: str, profile: str = "") -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
-    tag = hashlib.sha256(f"{trt_version}|{device}".encode()).hexdigest()[:8]
+    tag = hashlib.sha256(f"{trt_version}|{device}|{profile}".encode()).hexdigest()[:8]
     return f"{onnx_sha256[:16]}-{precision}-{tag}"
 
 
-def engine_path(path, onnx_sha256: str, precision: str, trt_version: str, device: str) -> Path:
-    return Path(path) / "trt" / f"{engine_key(onnx_sha256, precision, trt_version, device)}.engine"
+def engine_path(path, onnx_sha256: str, precision: str, trt_version: str, device: str, profile: str = "") -> Path:
+    return Path(path) / "trt" / f"{engine_key(onnx_sha256, precision, trt_version, device, profile)}.engine"
 
 
 def _device() -> str:
@@ -46,7 +46,7 @@ def _device() -> str:
     return f"sm{major}{minor}"
 
 
-def build_engine(path, entry: dict, precision: str = "fp16", max_tokens: int = 64, max_context: int = 2048,
+def build_engine(path, entry: dict, precision: str = "fp16", max_tokens: int = 64, max_context: int | None = None,
                  log=print) -> Path:
     """Build (or find in the cache) the engine for the dense export `entry` of artifact `path`."""
     import tensorrt as trt
@@ -54,11 +54,13 @@ def build_engine(path, entry: dict, precision: str = "fp16", max_tokens: int = 6
 
     from .arch import head_dim
 
-    target = engine_path(path, entry["sha256"], precision, trt.__version__, _device())
-    if target.is_file():
-        return target
     cfg = AutoConfig.from_pretrained(str(path)).get_text_config(decoder=True)
     kv = (cfg.num_key_value_heads, head_dim(cfg))
+    # the cache may hold the whole context; prompts longer than max_tokens are fed in chunks
+    max_context = int(max_context or min(getattr(cfg, "max_position_embeddings", 4096) or 4096, 8192))
+    target = engine_path(path, entry["sha256"], precision, trt.__version__, _device(), f"{max_tokens}x{max_context}")
+    if target.is_file():
+        return target
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -91,7 +93,8 @@ def build_engine(path, entry: dict, precision: str = "fp16", max_tokens: int = 6
 
 
 class TrtKVSession:
-    """The KV cache lives in CUDA tensors (torch) bound directly to the engine's I/O."""
+    """The KV cache lives in CUDA tensors (torch) bound directly to the engine's I/O. Inputs
+    longer than the optimisation profile's token limit run as consecutive chunks."""
 
     def __init__(self, engine, n_layers: int, kv_heads: int, head_dim: int):
         import torch
@@ -100,23 +103,39 @@ class TrtKVSession:
         self.names = [f"{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
         self.past = [torch.zeros((1, kv_heads, 0, head_dim), device="cuda") for _ in self.names]
         self.length = 0
+        self.max_tokens = int(engine.get_tensor_profile_shape("input_ids", 0)[2][1])
+        self.max_context = int(engine.get_tensor_profile_shape(f"past_{self.names[0]}", 0)[2][2])
 
     def forward(self, tokens: list[int], last_only: bool = False):
-        import torch
+        import numpy as np
 
         n = len(tokens)
         if n == 0:
             raise ValueError("forward needs at least one token")
+        if self.length + n > self.max_context + self.max_tokens:
+            raise ValueError(f"{self.length + n} tokens exceed the TensorRT engine's context "
+                             f"({self.max_context} cached + {self.max_tokens} new; rebuild with a larger profile)")
+        chunks = [tokens[i:i + self.max_tokens] for i in range(0, n, self.max_tokens)]
+        rows = [self._run(chunk) for chunk in chunks]
+        return rows[-1][-1:] if last_only else np.concatenate(rows)
+
+    def _shape(self, name: str, shape: tuple) -> None:
+        if not self.ctx.set_input_shape(name, shape):
+            raise RuntimeError(f"TensorRT refused shape {shape} for {name} (outside the engine's optimisation profile)")
+
+    def _run(self, tokens: list[int]):
+        import torch
+
         ids = torch.tensor([tokens], dtype=torch.int64, device="cuda")
         ctx = self.ctx
-        ctx.set_input_shape("input_ids", tuple(ids.shape))
+        self._shape("input_ids", tuple(ids.shape))
         ctx.set_tensor_address("input_ids", ids.data_ptr())
         keep = [ids]
         for name, past in zip(self.names, self.past):
             if past.numel() == 0:  # engines want a valid address even for an empty tensor
                 past = torch.empty((*past.shape[:2], 1, past.shape[3]), device="cuda")[:, :, :0]
             keep.append(past)
-            ctx.set_input_shape(f"past_{name}", tuple(past.shape))
+            self._shape(f"past_{name}", tuple(past.shape))
             ctx.set_tensor_address(f"past_{name}", past.data_ptr())
         outputs = {}
         for name in ["logits"] + [f"present_{n_}" for n_ in self.names]:
@@ -128,9 +147,8 @@ class TrtKVSession:
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
         self.past = [outputs[f"present_{n_}"] for n_ in self.names]
-        self.length += n
-        logits = outputs["logits"][0]
-        return (logits[-1:] if last_only else logits).float().cpu()
+        self.length += len(tokens)
+        return outputs["logits"][0].float().cpu().numpy()
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:

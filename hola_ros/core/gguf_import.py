@@ -1,0 +1,258 @@
+"""Turn a GGUF file into the ONNX Runtime engine's cache directory, keeping its quantized data.
+
+Each weight keeps the GGUF's own codes wherever MatMulNBits can hold them exactly:
+  Q8_0 -> 8-bit, block 32          Q5_0 -> 8-bit, block 32 (5-bit codes in 8-bit cells)
+  Q4_0 -> 4-bit, block 32          Q6_K -> 8-bit, block 16 (scale = super-block d x sub-scale)
+Types with a per-block minimum (Q4_1, Q4_K, Q5_1, Q5_K, ...) are re-quantized to 8-bit per block
+of 32 (error below 1/30 of their own step, recorded as "near" in meta.json), as are float weights.
+
+The cache directory holds model.onnx + weights.data (the graph), embeddings.npy (the token
+table's raw GGUF rows, dequantized row by row at run time), tokenizer files and meta.json.
+Nothing here imports torch; the tokenizer export runs transformers in a child process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from hola_ros.core.onnx_graph import ArchSpec, QuantLinear, save_graph, write_graph
+
+FORMAT_VERSION = 1
+SUPPORTED_ARCHS = ("llama", "qwen2")
+# types whose weights are d x (integer code): block bytes and MatMulNBits bits
+_SCALE_ONLY = {"Q8_0": (34, 8), "Q5_0": (22, 8), "Q4_0": (18, 4)}
+
+
+class GGUFError(ValueError):
+    """The GGUF cannot be served by this engine (the message says why)."""
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None or not f.data:
+        return default
+    import gguf
+
+    if f.types and f.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8")
+    if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+        return [f.parts[i].tolist()[0] for i in f.data]
+    return f.parts[f.data[0]].tolist()[0]
+
+
+def arch_spec(reader) -> tuple[str, ArchSpec]:
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise GGUFError(f"architecture {arch!r} is not supported by the ONNX engine (supported: "
+                        f"{', '.join(SUPPORTED_ARCHS)}); load it with backend=torch")
+    get = lambda key, default=None: _field(reader, f"{arch}.{key}", default)  # noqa: E731
+    heads, hidden = int(get("attention.head_count")), int(get("embedding_length"))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    rope_dims = int(get("rope.dimension_count", head_dim))
+    if rope_dims != head_dim:
+        raise GGUFError(f"partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported")
+    scaling = get("rope.scaling.type", "none")
+    inv_freq = 1.0 / (float(get("rope.freq_base", 10000.0)) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if scaling == "linear":
+        inv_freq = inv_freq / float(get("rope.scaling.factor", 1.0))
+    elif scaling not in ("none", None):
+        raise GGUFError(f"rope scaling {scaling!r} is not supported by the ONNX engine")
+    embd = _tensor(reader, "token_embd.weight")
+    return arch, ArchSpec(n_layers=int(get("block_count")), hidden=hidden, heads=heads,
+                          kv_heads=int(get("attention.head_count_kv", heads)), head_dim=head_dim,
+                          vocab=int(embd.shape[1]), rms_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+                          inv_freq=inv_freq.astype(np.float32), context_length=int(get("context_length", 2048)))
+
+
+def _tensor(reader, name):
+    for t in reader.tensors:
+        if t.name == name:
+            return t
+    return None
+
+
+def _gguf_names(i: int) -> dict[str, str]:
+    blk, hf = f"blk.{i}", f"model.layers.{i}"
+    return {f"{hf}.self_attn.q_proj": f"{blk}.attn_q", f"{hf}.self_attn.k_proj": f"{blk}.attn_k",
+            f"{hf}.self_attn.v_proj": f"{blk}.attn_v", f"{hf}.self_attn.o_proj": f"{blk}.attn_output",
+            f"{hf}.mlp.gate_proj": f"{blk}.ffn_gate", f"{hf}.mlp.up_proj": f"{blk}.ffn_up",
+            f"{hf}.mlp.down_proj": f"{blk}.ffn_down",
+            f"{hf}.input_layernorm.weight": f"{blk}.attn_norm.weight",
+            f"{hf}.post_attention_layernorm.weight": f"{blk}.ffn_norm.weight"}
+
+
+def _unpermute_rows(n_rows: int, heads: int) -> np.ndarray:
+    """llama GGUFs store q/k rows interleaved for llama.cpp's rotary layout; this index puts
+    them back in the Hugging Face (rotate-half) order."""
+    perm = np.arange(n_rows).reshape(heads, 2, n_rows // heads // 2).swapaxes(1, 2).reshape(n_rows)
+    return np.argsort(perm)
+
+
+def quant_linear(t) -> tuple[QuantLinear, str]:
+    """A GGUF weight [n, k] as MatMulNBits data; the second value is 'exact' or 'near'."""
+    from gguf import quants
+
+    kind = t.tensor_type.name
+    k, n = int(t.shape[0]), int(t.shape[1])
+    raw = np.asarray(t.data)
+    if kind in _SCALE_ONLY:
+        block_bytes, bits = _SCALE_ONLY[kind]
+        d = raw.reshape(n, -1, block_bytes)[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32)
+        w = quants.dequantize(raw, t.tensor_type).reshape(n, -1, 32)
+        return _codes(w, d, bits, 32), "exact"
+    if kind == "Q6_K":
+        blocks = raw.reshape(n, -1, 210)
+        d = blocks[:, :, 208:210].copy().view(np.float16).astype(np.float32)  # [n, sb, 1]
+        sub = blocks[:, :, 192:208].view(np.int8).astype(np.float32)  # [n, sb, 16]
+        scale = (d * sub).reshape(n, -1)
+        w = quants.dequantize(raw, t.tensor_type).reshape(n, -1, 16)
+        return _codes(w, scale, 8, 16), "exact"
+    w = quants.dequantize(raw, t.tensor_type) if kind not in ("F32", "F16", "BF16") else raw.astype(np.float32)
+    return _requantize(np.asarray(w, np.float32).reshape(n, k)), "near"
+
+
+def _codes(w: np.ndarray, scale: np.ndarray, bits: int, block: int) -> QuantLinear:
+    """Codes of weights that sit exactly on their block's grid (w = scale x q, q a small integer),
+    stored around MatMulNBits' default zero point 2^(bits-1)."""
+    n, nb, _ = w.shape
+    safe = np.where(scale == 0, 1.0, scale)[..., None]
+    q = np.rint(w / safe).astype(np.int32) + (1 << (bits - 1))  # MatMulNBits' default zero point
+    if np.abs((q - (1 << (bits - 1))) * safe - w).max() > 1e-6 * max(1.0, float(np.abs(w).max())):
+        raise GGUFError("weights are not on their block scale grid: unexpected GGUF block layout")
+    codes = q.astype(np.uint8)
+    if bits == 4:
+        codes = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    return QuantLinear(n=n, k=nb * block, bits=bits, block=block, codes=codes.reshape(n, nb, block * bits // 8),
+                       scales=np.ascontiguousarray(scale.reshape(-1), np.float32))
+
+
+def _requantize(w: np.ndarray, block: int = 32) -> QuantLinear:
+    """Asymmetric 8-bit per block of `block` (round to nearest) for weights without an exact map."""
+    n, k = w.shape
+    if k % block:
+        raise GGUFError(f"a weight with {k} input features cannot be blocked by {block}")
+    wb = w.reshape(n, k // block, block)
+    lo, hi = np.minimum(wb.min(-1), 0.0), np.maximum(wb.max(-1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    zp = np.clip(np.rint(-lo / scale), 0, 255)
+    codes = np.clip(np.rint(wb / scale[..., None]) + zp[..., None], 0, 255).astype(np.uint8)
+    return QuantLinear(n=n, k=k, bits=8, block=block, codes=codes, scales=scale.reshape(-1),
+                       zero_points=zp.astype(np.uint8).reshape(-1))
+
+
+class _Weights:
+    """Serves the graph writer's Hugging Face names from the GGUF's tensors."""
+
+    def __init__(self, reader, arch: str, spec: ArchSpec):
+        self.reader, self.arch, self.spec = reader, arch, spec
+        self.names = {"model.norm.weight": "output_norm.weight", "lm_head": "output",
+                      "model.embed_tokens": "token_embd"}
+        for i in range(spec.n_layers):
+            self.names.update(_gguf_names(i))
+        self.report: dict[str, dict[str, str]] = {}
+
+    def norm(self, name: str) -> np.ndarray:
+        return np.asarray(_tensor(self.reader, self.names[name]).data, np.float32).copy()
+
+    def linear(self, name: str) -> QuantLinear:
+        base = self.names[name]
+        t = _tensor(self.reader, base + ".weight")
+        if t is None and name == "lm_head":  # tied output layer
+            t = _tensor(self.reader, "token_embd.weight")
+        if t is None:
+            raise GGUFError(f"the GGUF has no tensor {base}.weight")
+        q, how = quant_linear(t)
+        bias = _tensor(self.reader, base + ".bias")
+        if bias is not None:
+            q.bias = np.asarray(bias.data, np.float32).copy()
+        if self.arch == "llama" and name.endswith(("q_proj", "k_proj")):
+            heads = self.spec.heads if name.endswith("q_proj") else self.spec.kv_heads
+            q = _permute(q, _unpermute_rows(q.n, heads))
+        self.report[name] = {"type": t.tensor_type.name, "as": f"{q.bits}-bit/{q.block}", "fidelity": how}
+        return q
+
+
+def _permute(q: QuantLinear, rows: np.ndarray) -> QuantLinear:
+    per_row = lambda a: None if a is None else a.reshape(q.n, -1)[rows].reshape(-1)  # noqa: E731
+    return QuantLinear(n=q.n, k=q.k, bits=q.bits, block=q.block, codes=q.codes[rows], scales=per_row(q.scales),
+                       zero_points=per_row(q.zero_points), bias=None if q.bias is None else q.bias[rows])
+
+
+def special_tokens(reader) -> dict:
+    keys = ("bos_token_id", "eos_token_id", "eot_token_id", "eom_token_id", "padding_token_id")
+    found = {k: _field(reader, f"tokenizer.ggml.{k}") for k in keys}
+    return {k: int(v) for k, v in found.items() if v is not None}
+
+
+def convert(gguf_path, out_dir, accuracy_level: int = 4) -> dict:
+    """Write the engine cache for `gguf_path` into `out_dir` (created atomically); returns meta."""
+    import gguf
+
+    gguf_path, out_dir = Path(gguf_path).resolve(), Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
+    try:
+        reader = gguf.GGUFReader(str(gguf_path))
+        arch, spec = arch_spec(reader)
+        weights = _Weights(reader, arch, spec)
+        model = write_graph(spec, weights.linear, weights.norm, accuracy_level=accuracy_level,
+                            producer=f"hola_ros.gguf_import:{gguf_path.name}")
+        save_graph(model, tmp / "model.onnx")
+        del model
+        embd = _tensor(reader, "token_embd.weight")
+        np.save(tmp / "embeddings.npy", np.asarray(embd.data))
+        _export_tokenizer(gguf_path, tmp)
+        st = gguf_path.stat()
+        meta = {"format": "hola-gguf-onnx", "version": FORMAT_VERSION, "architecture": arch,
+                "name": _field(reader, "general.name", gguf_path.stem),
+                "source": {"path": str(gguf_path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+                "spec": {**{k: v for k, v in spec.__dict__.items() if k != "inv_freq"},
+                         "inv_freq": spec.inv_freq.tolist()},
+                "embedding_type": embd.tensor_type.name, "accuracy_level": accuracy_level,
+                "special_tokens": special_tokens(reader), "weights": weights.report}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process converted it meanwhile
+            if not (out_dir / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads((out_dir / "meta.json").read_text())
+
+
+def _export_tokenizer(gguf_path: Path, out: Path) -> None:
+    """transformers builds the fast tokenizer from the GGUF; it imports torch, so it runs in a
+    child process and the serving process only ever reads tokenizer.json."""
+    cmd = [sys.executable, "-m", "hola_ros.core.gguf_import", "tokenizer", str(gguf_path), str(out)]
+    package_root = str(Path(__file__).resolve().parents[2])  # this copy of hola_ros, wherever it runs from
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0 or not (out / "tokenizer.json").is_file():
+        raise GGUFError(f"tokenizer export failed: {done.stderr.strip()[-800:]}")
+
+
+def _tokenizer_main(gguf_path: str, out: str) -> None:
+    from transformers import AutoTokenizer
+
+    path = Path(gguf_path)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.save_pretrained(out)
+    template = getattr(tok, "chat_template", None)
+    if template and not (Path(out) / "chat_template.jinja").is_file():
+        (Path(out) / "chat_template.jinja").write_text(template)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "tokenizer":
+        _tokenizer_main(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit("usage: python -m hola_ros.core.gguf_import tokenizer GGUF OUT_DIR")

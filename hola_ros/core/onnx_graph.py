@@ -1,0 +1,296 @@
+"""A decoder-only transformer (llama / qwen2 family) written as an ONNX graph whose linears
+are ONNX Runtime `MatMulNBits` nodes, and a KV-cache session that runs it.
+
+Why this engine (measured, docs/engine.md): with `accuracy_level=4` MatMulNBits quantizes each
+activation row on its own and runs int8 dot products, so a row's result does not depend on how
+many rows share the call (bitwise, checked at load) and a B-row verification step costs far less
+than B one-row steps; the weights stay 4/8-bit at rest and in the matmul.
+
+Graph interface (batch 1, one sequence):
+  inputs  inputs_embeds float32 [1, n, hidden] (the embedding lookup runs outside, on the
+          quantized table); logits_from int64 [1] (first row whose logits are returned, so a
+          prefill skips the output layer on all but its last row);
+          past_key_{i}, past_value_{i} float32 [1, kv_heads, past, head_dim]
+  outputs logits float32 [1, m, vocab]; present_key_{i}, present_value_{i} [1, kv_heads, past+n, head_dim]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+OPSET = 21
+IR_VERSION = 10  # onnx writes a newer IR than onnxruntime 1.3x reads
+F32_MIN_HALF = float(np.finfo(np.float32).min) / 2
+
+
+@dataclass
+class ArchSpec:
+    """The shape of a llama-family decoder, enough to write its graph."""
+
+    n_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    rms_eps: float
+    inv_freq: np.ndarray  # rotary inverse frequencies [head_dim / 2] (rope scaling applied)
+    attn_scaling: float = 1.0  # rotary magnitude factor (1 without yarn-style scaling)
+    context_length: int = 2048
+
+
+@dataclass
+class QuantLinear:
+    """One linear layer y = x W^T + b as MatMulNBits data, or a dense fp32 weight."""
+
+    n: int  # output features
+    k: int  # input features
+    bits: int = 8
+    block: int = 32
+    codes: np.ndarray | None = None  # uint8 [n, k / block, block * bits / 8]
+    scales: np.ndarray | None = None  # float32 [n * k / block]
+    zero_points: np.ndarray | None = None  # uint8, packed per row as MatMulNBits wants; None: 2^(bits-1)
+    bias: np.ndarray | None = None  # float32 [n]
+    dense: np.ndarray | None = None  # float32 [n, k] when the weight is not quantized
+
+    def fusable_with(self, other: "QuantLinear") -> bool:
+        return (self.dense is None and other.dense is None and self.k == other.k and self.bits == other.bits
+                and self.block == other.block and (self.zero_points is None) == (other.zero_points is None)
+                and (self.bias is None) == (other.bias is None))
+
+    @staticmethod
+    def concat(parts: list["QuantLinear"]) -> "QuantLinear":
+        """Stack linears that read the same input into one (rows concatenated)."""
+        first = parts[0]
+        cat = lambda attr: None if getattr(first, attr) is None else np.concatenate(  # noqa: E731
+            [getattr(p, attr) for p in parts])
+        return QuantLinear(n=sum(p.n for p in parts), k=first.k, bits=first.bits, block=first.block,
+                           codes=cat("codes"), scales=cat("scales"), zero_points=cat("zero_points"),
+                           bias=cat("bias"))
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.codes, self.scales, self.zero_points, self.bias, self.dense)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+class _Graph:
+    def __init__(self):
+        from onnx import helper
+
+        self.helper = helper
+        self.nodes, self.inits, self.count = [], [], 0
+        self.consts: dict = {}
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def init(self, arr: np.ndarray, hint: str = "c") -> str:
+        from onnx import numpy_helper
+
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def const(self, value, dtype=np.int64) -> str:
+        arr = np.asarray(value, dtype)
+        key = (arr.tobytes(), arr.shape, arr.dtype.str)
+        if key not in self.consts:
+            self.consts[key] = self.init(arr, "k")
+        return self.consts[key]
+
+    def op(self, op_type: str, inputs, outputs: int | list = 1, domain: str | None = None, **attrs):
+        outs = outputs if isinstance(outputs, list) else [self.name(op_type) for _ in range(outputs)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, name=outs[0], domain=domain, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+
+class _Writer:
+    """Emits the ops of one decoder; `linear(name)` supplies each layer's QuantLinear."""
+
+    def __init__(self, arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Callable[[str], np.ndarray],
+                 accuracy_level: int):
+        self.g, self.arch, self.linear_of, self.norm_of = _Graph(), arch, linear, norm
+        self.acc = accuracy_level
+
+    def matmul(self, x: str, q: QuantLinear) -> str:
+        g = self.g
+        if q.dense is not None:
+            y = g.op("MatMul", [x, g.init(q.dense.T.astype(np.float32), "W")])
+            return y if q.bias is None else g.op("Add", [y, g.init(q.bias.astype(np.float32), "bias")])
+        inputs = [x, g.init(q.codes, "B"), g.init(q.scales.astype(np.float32), "S")]
+        inputs.append("" if q.zero_points is None else g.init(q.zero_points, "Z"))
+        if q.bias is not None:
+            inputs += ["", g.init(q.bias.astype(np.float32), "bias")]  # g_idx unused
+        while inputs[-1] == "":
+            inputs.pop()
+        return g.op("MatMulNBits", inputs, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block,
+                    accuracy_level=self.acc)
+
+    def fused(self, x: str, names: list[str]) -> list[str]:
+        """Linears reading the same x: one MatMulNBits when their formats match, then Split."""
+        parts = [self.linear_of(n) for n in names]
+        if all(parts[0].fusable_with(p) for p in parts[1:]):
+            y = self.matmul(x, QuantLinear.concat(parts))
+            outs = self.g.op("Split", [y, self.g.const([p.n for p in parts])], outputs=len(parts), axis=-1)
+            return outs if isinstance(outs, list) else [outs]
+        return [self.matmul(x, p) for p in parts]
+
+    def rms(self, x: str, weight: str) -> str:
+        return self.g.op("SimplifiedLayerNormalization", [x, self.g.init(self.norm_of(weight), "N")], axis=-1,
+                         epsilon=self.arch.rms_eps, stash_type=1)
+
+    def positions(self):
+        """Position ids of the new rows and the additive causal mask, shared by every layer."""
+        g, a = self.g, self.arch
+        past_len = g.op("Shape", ["past_key_0"], start=2, end=3)
+        new_len = g.op("Shape", ["inputs_embeds"], start=1, end=2)
+        p0, t0 = g.op("Squeeze", [past_len]), g.op("Squeeze", [g.op("Add", [past_len, new_len])])
+        rows = g.op("Range", [p0, t0, g.const(1)])
+        cols = g.op("Range", [g.const(0), t0, g.const(1)])
+        allowed = g.op("LessOrEqual", [g.op("Unsqueeze", [cols, g.const([0])]), g.op("Unsqueeze", [rows, g.const([1])])])
+        mask = g.op("Where", [allowed, g.const(0.0, np.float32), g.const(F32_MIN_HALF, np.float32)])
+        # the rows of all query heads that share one kv head are stacked: repeat the mask for them
+        return g.op("Unsqueeze", [rows, g.const([0])]), g.op("Tile", [mask, g.const([a.heads // a.kv_heads, 1])])
+
+    def rotary_tables(self):
+        a = self.arch
+        angles = np.arange(a.context_length, dtype=np.float64)[:, None] * a.inv_freq[None, :].astype(np.float64)
+        return (self.g.init((np.cos(angles) * a.attn_scaling).astype(np.float32), "cos"),
+                self.g.init((np.sin(angles) * a.attn_scaling).astype(np.float32), "sin"))
+
+    def attention(self, i: int, h: str, pos: str, mask: str, rotary: tuple[str, str]) -> str:
+        g, a = self.g, self.arch
+        pre = f"model.layers.{i}.self_attn"
+        q, k, v = self.fused(h, [f"{pre}.q_proj", f"{pre}.k_proj", f"{pre}.v_proj"])
+
+        def heads(x, n):
+            return g.op("Transpose", [g.op("Reshape", [x, g.const([0, 0, n, a.head_dim])])], perm=[0, 2, 1, 3])
+
+        def rope(x, n):
+            return g.op("RotaryEmbedding", [x, pos, *rotary], domain="com.microsoft", num_heads=n, interleaved=0)
+
+        q, k, v = heads(rope(q, a.heads), a.heads), heads(rope(k, a.kv_heads), a.kv_heads), heads(v, a.kv_heads)
+        key = g.op("Concat", [f"past_key_{i}", k], [f"present_key_{i}"], axis=2)
+        val = g.op("Concat", [f"past_value_{i}", v], [f"present_value_{i}"], axis=2)
+        qg = g.op("Reshape", [g.op("Mul", [q, g.const(a.head_dim ** -0.5, np.float32)]),
+                              g.const([1, a.kv_heads, -1, a.head_dim])])
+        scores = g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [key], perm=[0, 1, 3, 2])]), mask])
+        ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), val])
+        ctx = g.op("Transpose", [g.op("Reshape", [ctx, g.const([1, a.heads, -1, a.head_dim])])], perm=[0, 2, 1, 3])
+        return self.matmul(g.op("Reshape", [ctx, g.const([0, 0, a.heads * a.head_dim])]),
+                           self.linear_of(f"{pre}.o_proj"))
+
+    def mlp(self, i: int, h: str) -> str:
+        g, pre = self.g, f"model.layers.{i}.mlp"
+        gate, up = self.fused(h, [f"{pre}.gate_proj", f"{pre}.up_proj"])
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+        return self.matmul(act, self.linear_of(f"{pre}.down_proj"))
+
+    def residual_norm(self, x: str, delta: str, weight: str) -> tuple[str, str]:
+        """(norm(x + delta), x + delta) in one fused op."""
+        outs = self.g.op("SkipSimplifiedLayerNormalization", [x, delta, self.g.init(self.norm_of(weight), "N")],
+                         [self.g.name("normed"), "", "", self.g.name("residual")], domain="com.microsoft",
+                         epsilon=self.arch.rms_eps)
+        return outs[0], outs[3]
+
+    def model(self):
+        g, a = self.g, self.arch
+        pos, mask = self.positions()
+        rotary = self.rotary_tables()
+        x = "inputs_embeds"
+        h = self.rms(x, "model.layers.0.input_layernorm.weight")
+        for i in range(a.n_layers):
+            pre = f"model.layers.{i}"
+            h, x = self.residual_norm(x, self.attention(i, h, pos, mask, rotary), f"{pre}.post_attention_layernorm.weight")
+            after = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < a.n_layers else "model.norm.weight"
+            h, x = self.residual_norm(x, self.mlp(i, h), after)
+        h = g.op("Slice", [h, "logits_from", g.const([np.iinfo(np.int64).max]), g.const([1])])
+        g.op("Identity", [self.matmul(h, self.linear_of("lm_head"))], ["logits"])
+
+
+def write_graph(arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Callable[[str], np.ndarray],
+                accuracy_level: int = 4, producer: str = "hola_ros"):
+    """The decoder as an onnx.ModelProto. `linear(name)` and `norm(name)` are asked for the
+    Hugging Face parameter names (model.layers.{i}.self_attn.q_proj, ..., lm_head)."""
+    from onnx import TensorProto, helper
+
+    w = _Writer(arch, linear, norm, accuracy_level)
+    w.model()
+    kv = lambda name, length: helper.make_tensor_value_info(  # noqa: E731
+        name, TensorProto.FLOAT, [1, arch.kv_heads, length, arch.head_dim])
+    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [1, "n", arch.hidden]),
+              helper.make_tensor_value_info("logits_from", TensorProto.INT64, [1])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "m", arch.vocab])]
+    for i in range(arch.n_layers):
+        inputs += [kv(f"past_key_{i}", "past"), kv(f"past_value_{i}", "past")]
+        outputs += [kv(f"present_key_{i}", "total"), kv(f"present_value_{i}", "total")]
+    graph = helper.make_graph(w.g.nodes, "decoder", inputs, outputs, w.g.inits)
+    return helper.make_model(graph, ir_version=IR_VERSION, producer_name=producer,
+                             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+
+
+def save_graph(model, path, data_name: str = "weights.data") -> None:
+    """Write the graph with its tensors in one external file beside it (ORT then reads them
+    without holding a second copy inside the protobuf)."""
+    import onnx
+
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+
+
+def ort_session(onnx_path, threads: int | None, providers: list | None = None, provider_options=None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"],
+                                provider_options=provider_options)
+
+
+@dataclass
+class OrtKVSession:
+    """One sequence's KV cache (numpy arrays fed back into the graph); rollback slices them."""
+
+    sess: object
+    embed: Callable[[list[int]], np.ndarray]  # token ids -> [n, hidden] float32
+    n_layers: int
+    kv_heads: int
+    head_dim: int
+    length: int = 0
+    past: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.names = [f"past_{kind}_{i}" for i in range(self.n_layers) for kind in ("key", "value")]
+        self.past = [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)] * len(self.names)
+
+    def forward(self, tokens: list[int], last_only: bool = False) -> np.ndarray:
+        """Append tokens; float32 logits [n, vocab] (or [1, vocab] with last_only)."""
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        feeds = dict(zip(self.names, self.past))
+        feeds["inputs_embeds"] = self.embed(tokens)[None]
+        feeds["logits_from"] = np.asarray([n - 1 if last_only else 0], np.int64)
+        out = self.sess.run(None, feeds)
+        self.past = out[1:]
+        self.length += n
+        return out[0][0]
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} (cache holds {self.length})")
+        if length < self.length:
+            self.past = [np.ascontiguousarray(p[:, :, :length]) for p in self.past]
+            self.length = length
+
+    def close(self) -> None:
+        self.past = []
+        self.length = 0

@@ -1,0 +1,73 @@
+"""The ONNX Runtime engine on the real packaged models: exactness is a tested contract.
+
+A verified block must give bitwise the logits of one-token steps, so that greedy HSD equals
+plain decoding token for token. The control builds the same model without the machinery that
+guarantees it (MatMulNBits computing in float, whose one-row kernel differs from its multi-row
+one) and checks that the comparison catches it.
+"""
+import numpy as np
+import pytest
+
+from hola_ros.core.drafters import LocalDrafter
+from hola_ros.core.hsd import GenerationConfig, generate
+
+pytestmark = pytest.mark.slow
+PASSAGE = ("Charging dock CD-5 is on the north wall next to aisle 4. Robots dock there when the battery "
+           "falls below 20 percent. Error E-214 means the left wheel encoder reports no signal: stop the robot, "
+           "check the encoder cable and restart the drive controller.")
+
+
+def block_vs_steps(model, prompt: list[int], n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of n greedy one-token steps, and of the same n tokens verified as one block."""
+    session = model.new_session()
+    session.forward(prompt[:-1], last_only=True)
+    start, last, steps, tokens = session.length, prompt[-1], [], []
+    for _ in range(n):
+        row = np.array(session.forward([last])[0])
+        steps.append(row)
+        last = int(row.argmax())
+        tokens.append(last)
+    session.rollback(start)
+    block = np.array(session.forward([prompt[-1]] + tokens[:-1]))
+    session.close()
+    return np.stack(steps), block
+
+
+@pytest.fixture(scope="module")
+def served():
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import DEFAULT_MODEL
+
+    return load_engine(DEFAULT_MODEL, threads=2)
+
+
+def test_the_served_default_runs_quantized_and_row_invariant(served):
+    assert served.info["backend"] == "onnxruntime" and served.info["row_invariant"] is True
+    assert served.info["weights_exact"] > 0 and served.vocab_size > 150_000
+    steps, block = block_vs_steps(served, served.chat_ids([{"role": "user", "content": PASSAGE + " Where is CD-5?"}]))
+    assert np.array_equal(steps, block)  # bitwise, not allclose
+
+
+def test_greedy_hsd_equals_plain_decoding_on_the_served_default(served):
+    for question in ("Where is charging dock CD-5 and when should a robot go there?",
+                     "What does error E-214 mean?"):
+        ids = served.chat_ids([{"role": "user", "content": PASSAGE + "\n\n" + question}])
+        ar = generate(served, ids, GenerationConfig(max_new_tokens=40, mode="ar"))
+        hsd = generate(served, ids, GenerationConfig(max_new_tokens=40), drafter=LocalDrafter(ngram=True))
+        assert hsd.token_ids == ar.token_ids and len(ar.token_ids) > 5
+        assert hsd.stats["exact"] and hsd.stats["acceptance_rate"] > 0
+        assert hsd.stats["target_forwards"] < ar.stats["target_forwards"]
+
+
+def test_the_comparison_catches_an_engine_without_the_invariance_machinery():
+    from hola_ros.core.engines import load_gguf
+    from hola_ros.core.model_store import TEST_MODEL, gguf_path
+
+    loose = load_gguf(gguf_path(TEST_MODEL), threads=2, accuracy_level=0)
+    steps, block = block_vs_steps(loose, loose.chat_ids([{"role": "user", "content": PASSAGE}]))
+    assert not np.array_equal(steps, block)
+    assert np.allclose(steps, block, atol=1e-2)  # the same model, only rounded differently
+    assert loose.info["row_invariant"] is False
+    ids = loose.chat_ids([{"role": "user", "content": PASSAGE + " Where is CD-5?"}])
+    res = generate(loose, ids, GenerationConfig(max_new_tokens=16), drafter=LocalDrafter(ngram=True))
+    assert res.stats["exact"] is False and "not_row_invariant" in res.stats["flags"]
