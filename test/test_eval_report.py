@@ -1,6 +1,5 @@
 """Report generator on a tiny model: tables agree with the rows, plots are PNGs, absent peers are said absent."""
 import re
-import sys
 
 import pytest
 
@@ -25,8 +24,7 @@ def measurements(tmp_path_factory):
     return {"meta": {"command": "test", "date": "now", "cpus": 2, "load_average": [1.0, 1.0, 1.0],
                      "load_average_end": [1.0, 1.0, 1.0]},
             "eval": summary, "bench": {"error": "not run in tests"}, "lobi_bench": None, "lobi_bits": {"8": 3, "4": 1},
-            "draft_sweep": {"drafter": "L0 n-gram", "prompts": 2, "max_new_tokens": 16, "rows": sweep},
-            "llama_cpp": {"installed": False, "reason": "test"}}
+            "draft_sweep": {"drafter": "L0 n-gram", "prompts": 2, "max_new_tokens": 16, "rows": sweep}}
 
 
 def test_report_tables_match_the_rows(measurements, tmp_path):
@@ -40,7 +38,7 @@ def test_report_tables_match_the_rows(measurements, tmp_path):
     acc = sum(r["correct"] for r in ar.values())
     assert re.search(rf"^\| ar \| 5 \| {acc / 5:.3f} \({acc}/5\) \|", md, flags=re.M)
     assert "| lobi | 0 | skipped: no Lo-Bi artifact" in md
-    assert "llama.cpp: not installed" in md and "Not run: not run in tests." in md
+    assert "Not run: not run in tests." in md
     assert "8-bit: 3" in md and "(75% at 8 bits" in md
     for k in (1, 4):
         assert re.search(rf"^\| {k} \| \d\.\d{{3}} \| \d+ \|", md, flags=re.M)
@@ -51,61 +49,6 @@ def test_plots_are_pngs(measurements, tmp_path):
     for name in report.PLOTS:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-
-
-def test_llama_cpp_absent_is_reported_not_invented(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
-    got = report.llama_cpp_speed(tmp_path / "missing.gguf", [[1, 2, 3]])
-    assert got["installed"] is False and "llama_cpp" in got["reason"]
-
-
-FAKE_LLAMA_CPP = """
-import os, signal
-__version__ = "fake"
-
-class Llama:
-    def __init__(self, **kwargs):
-        if os.environ.get("FAKE_LLAMA_CRASH"):
-            os.kill(os.getpid(), signal.SIGILL)
-
-    def reset(self):
-        pass
-
-    def token_eos(self):
-        return 2
-
-    def create_completion(self, prompt, max_tokens, **kwargs):
-        return {"usage": {"completion_tokens": max_tokens}}
-"""
-
-
-@pytest.fixture
-def fake_llama_cpp(monkeypatch, tmp_path):
-    """A stand-in llama_cpp package, importable here and in the measuring child process."""
-    import os
-    from pathlib import Path
-
-    (tmp_path / "llama_cpp").mkdir()
-    (tmp_path / "llama_cpp" / "__init__.py").write_text(FAKE_LLAMA_CPP)
-    source_root = Path(report.__file__).resolve().parents[3]
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(source_root), os.environ.get("PYTHONPATH", "")]))
-    return monkeypatch
-
-
-def test_llama_cpp_is_measured_in_a_child_process(fake_llama_cpp, tmp_path):
-    got = report.llama_cpp_speed(tmp_path / "model.Q4_1.gguf", [[1, 2, 3], [4, 5]], max_new_tokens=7, threads=1)
-    assert got["installed"] is True and got["version"] == "fake" and got["threads"] == 1
-    assert [r["new_tokens"] for r in got["runs"]] == [7, 7] and got["median_tokens_per_s"] > 0
-
-
-def test_llama_cpp_crash_is_reported_and_the_report_goes_on(fake_llama_cpp, measurements, tmp_path):
-    fake_llama_cpp.setenv("FAKE_LLAMA_CRASH", "1")
-    got = report.llama_cpp_speed(tmp_path / "model.gguf", [[1, 2, 3]])
-    assert got["installed"] is True and "SIGILL" in got["reason"] and "median_tokens_per_s" not in got
-    md = report.build_report(dict(measurements, llama_cpp=got), tmp_path).read_text()
-    assert "llama.cpp: installed but not measured (llama.cpp failed (killed by SIGILL)" in md
 
 
 def test_acceptance_sweep_fixed_lengths(measurements):

@@ -1,6 +1,6 @@
-"""`hola-ros report`: one command that measures accuracy, speed and memory (eval, the HSD benchmark
-with its transformers peers, llama.cpp when installed, Lo-Bi when an artifact is given, acceptance
-vs draft length) and writes REPORT.md with PNG plots."""
+"""`hola-ros report`: one command that measures accuracy, speed and memory (eval, the speed
+benchmark against llama.cpp on the same GGUF, Lo-Bi when an artifact is given, acceptance vs draft
+length) and writes REPORT.md with PNG plots."""
 import argparse
 
 from hola_ros.package_data import gsm8k_train
@@ -10,8 +10,8 @@ DEFAULT_DATA = str(gsm8k_train())
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="measure everything on one model and write REPORT.md + PNG plots",
-                              description="Runs `eval` (resumable), `bench` (AR / HSD / transformers peers), "
-                                          "llama.cpp if importable, `lobi bench` with --lobi, and a draft-length "
+                              description="Runs `eval` (resumable), `bench` (llama.cpp / AR / HSD, each in its "
+                                          "own process), `lobi bench` with --lobi, and a draft-length "
                                           "sweep, then writes <out>/REPORT.md, PNGs and measurements.json.")
     p.add_argument("--data", default=DEFAULT_DATA, help="GSM8K-format JSONL for the eval")
     p.add_argument("--arc", default=None, help="ARC-format JSONL: also evaluate multiple choice")
@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--eval-out", default=None, help="eval run folder to reuse/resume (default <out>/eval-gsm8k)")
     p.add_argument("--bench-prompts", type=int, default=2, help="prompts per set in the speed benchmark (default 2)")
     p.add_argument("--bench-tokens", type=int, default=128, help="tokens per benchmark run (default 128)")
-    p.add_argument("--no-bench", action="store_true", help="leave out the speed benchmark and llama.cpp")
+    p.add_argument("--no-bench", action="store_true", help="leave out the speed benchmark")
     p.add_argument("--sweep-lengths", default="1,2,4,8,16", help="draft lengths of the acceptance sweep ('' = none)")
     p.add_argument("--sweep-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
@@ -35,15 +35,16 @@ def register(subparsers) -> None:
 
 
 def _bench(args, out, log) -> dict:
+    """The speed benchmark (llama.cpp, AR, HSD; each in its own process) on the report's model."""
     import json
     from pathlib import Path
 
     from hola_ros.cli import bench
 
-    ns = argparse.Namespace(model=args.model, l1=args.l1 if args.l1 not in (None, "none") else "int8",
-                            max_new_tokens=args.bench_tokens, n_passage=args.bench_prompts,
-                            n_gsm8k=args.bench_prompts, gsm8k=args.data, kb=None, systems=",".join(bench.SYSTEMS),
-                            threads=args.threads, out=str(Path(out) / "hsd-bench"))
+    l1 = args.l1 if args.l1 not in (None, "none") else None
+    ns = argparse.Namespace(model=args.model, l1=l1, max_new_tokens=args.bench_tokens, n_passage=args.bench_prompts,
+                            n_gsm8k=args.bench_prompts, gsm8k=args.data, kb=None, systems=None, no_curve=False,
+                            threads=args.threads or 2, out=str(Path(out) / "bench"))
     try:
         bench.run(ns)
         return json.loads((Path(ns.out) / "results.json").read_text())
@@ -100,32 +101,16 @@ def run(args: argparse.Namespace) -> int:
         bits = [str(b["bits"]) for b in read_manifest(args.lobi)["blocks"].values()]
         m["lobi_bits"] = {b: bits.count(b) for b in sorted(set(bits), key=int)}
 
-    from hola_ros.core.models import DEFAULT_MODEL, default_gguf_path, load_model
+    m["bench"] = {"error": "left out (--no-bench)"} if args.no_bench else _bench(args, out, log)
+    from hola_ros.core.engines import load_engine, load_l1
 
-    if args.no_bench:
-        m["bench"] = {"error": "left out (--no-bench)"}
-        m["llama_cpp"] = {"installed": None, "reason": "left out (--no-bench)"}
-    else:
-        m["bench"] = _bench(args, out, log)
-    target = load_model(args.model, threads=args.threads)
-    if not args.no_bench:
-        from hola_ros.cli.bench import build_prompts
-
-        prompts = build_prompts(target, argparse.Namespace(kb=None, n_passage=0, n_gsm8k=args.bench_prompts,
-                                                           gsm8k=args.data))["gsm8k"]
-        if args.model and not str(args.model).lower().endswith(".gguf") and args.model.lower() != DEFAULT_MODEL:
-            m["llama_cpp"] = {"installed": None, "reason": f"{args.model} is not a GGUF file, llama.cpp needs one"}
-        else:
-            gguf = Path(args.model) if args.model and args.model.lower() != DEFAULT_MODEL else default_gguf_path()
-            m["llama_cpp"] = report.llama_cpp_speed(gguf, prompts, args.bench_tokens, threads=args.threads or 2)
-        log(f"llama.cpp: {m['llama_cpp'].get('median_tokens_per_s', m['llama_cpp'].get('reason'))}")
+    target = load_engine(args.model, threads=args.threads)
 
     lengths = [int(x) for x in args.sweep_lengths.split(",") if x.strip()]
     if lengths:
-        from hola_ros.cli.generate import load_l1
         from hola_ros.core.drafters import LocalDrafter
 
-        l1 = load_l1(None if args.l1 in (None, "none") else args.l1, args.model, args.threads)
+        l1 = load_l1(None if args.l1 in (None, "none") else args.l1, args.model, threads=args.threads)
         questions = [r["question"] for r in m["eval"]["rows"] if r["config"] == m["eval"]["rows"][0]["config"]][:2] \
             if m["eval"]["rows"] else []
         prompts = [target.chat_ids([{"role": "user", "content": q}]) for q in questions]

@@ -60,6 +60,27 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     return loaded
 
 
+def gguf_file(spec: str) -> Path:
+    """The GGUF file a spec names (a packaged model or a path)."""
+    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        raise ValueError(f"{spec!r} is not a GGUF file or a packaged model")
+    return path
+
+
+def load_tokenizer(spec: str | None = None):
+    """Just the tokenizer of a spec (no weights loaded): for preparing prompts."""
+    spec = str(spec or DEFAULT_MODEL)
+    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        from hola_ros.core.tokenizer import ChatTokenizer
+
+        return ChatTokenizer(engine_cache(path))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
 def load_l1(spec: str | None, target_spec: str | None = None, *, backend: str = "auto", threads: int | None = None,
             device: str = "cpu"):
     """The level-1 drafter model: a spec like load_engine's, or 'int8' for a dynamic-int8 torch

@@ -212,12 +212,17 @@ class LoadedModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            # the template already carries BOS/role tokens; adding specials again would double them
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
-        text = "\n\n".join(m["content"] for m in messages)
-        return list(self.tokenizer.encode(text, add_special_tokens=True))
+        return chat_ids(self.tokenizer, messages)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt token ids of a conversation, through the model's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # the template already carries BOS/role tokens; adding specials again would double them
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    text = "\n\n".join(m["content"] for m in messages)
+    return list(tokenizer.encode(text, add_special_tokens=True))
 
 
 def cache_root() -> Path:

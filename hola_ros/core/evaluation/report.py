@@ -1,14 +1,13 @@
 """REPORT.md + PNG plots from one run's measurements (a JSON-able dict), and the two
-measurements no other module makes: acceptance vs draft length, and the llama.cpp peer.
+measurement no other module makes: acceptance vs draft length.
 
 measurements = {
   "meta":        command, date, machine, load averages
   "eval":        hola-ros eval's summary ({"meta", "items", "configs"}) plus "rows" (per sample)
-  "bench":       hola-ros bench's results.json ({"meta", "summary", "runs"}), or {"error": ...}
+  "bench":       evaluation.speed.run's report (llama.cpp among its systems), or {"error": ...}
   "lobi_bench":  hola_ros.core.lobi.bench.run's report, or None
   "lobi_bits":   {"4": blocks, "8": ..., "16": ...} of the served artifact, or None
   "draft_sweep": {"drafter": str, "rows": [{draft_len, acceptance_rate, tokens_per_s, ...}]}
-  "llama_cpp":   {"installed": False, "reason": ...} or its measured figures
 }
 Every ratio compares two systems measured on the same items inside this one run.
 """
@@ -55,51 +54,6 @@ def draft_sweep(target, prompts: list[list[int]], make_drafter, lengths=(1, 2, 4
     return rows
 
 
-def llama_cpp_speed(gguf_path, prompts: list[list[int]], max_new_tokens: int = 128, threads: int = 2) -> dict:
-    """Greedy tokens/s of llama.cpp on the same GGUF and prompt tokens, EOS suppressed so every run
-    has max_new_tokens (as `hola-ros bench` does). Measured in a child process: a llama.cpp build
-    that crashes (SIGILL on an instruction the machine does not allow) is reported, and the
-    report goes on."""
-    import signal
-    import subprocess
-    import sys
-
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        return {"installed": False, "reason": f"import llama_cpp failed: {exc}"}
-    job = {"gguf": str(gguf_path), "prompts": [[int(t) for t in ids] for ids in prompts],
-           "max_new_tokens": max_new_tokens, "threads": threads}
-    proc = subprocess.run([sys.executable, "-m", "hola_ros.core.evaluation.report", json.dumps(job)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        how = (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
-               else f"exit status {proc.returncode}")
-        return {"installed": True, "version": getattr(llama_cpp, "__version__", "?"), "gguf": str(gguf_path),
-                "reason": f"llama.cpp failed ({how}) {proc.stderr.strip()[-300:]}".strip()}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _measure_llama_cpp(gguf: str, prompts: list[list[int]], max_new_tokens: int, threads: int) -> dict:
-    import time
-
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=threads, verbose=False, seed=0)
-    runs = []
-    for ids in prompts:
-        llm.reset()
-        t0 = time.perf_counter()
-        out = llm.create_completion(prompt=list(ids), max_tokens=max_new_tokens, temperature=0.0, top_k=1,
-                                    logit_bias={llm.token_eos(): -1e9})
-        dt = time.perf_counter() - t0
-        n = out["usage"]["completion_tokens"]
-        runs.append({"new_tokens": n, "total_s": round(dt, 4), "tokens_per_s": round(n / dt, 3)})
-    return {"installed": True, "version": getattr(llama_cpp, "__version__", "?"), "gguf": gguf,
-            "threads": threads, "runs": runs,
-            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs)}
-
-
 def paired(rows: list[dict], a: str, b: str) -> dict | None:
     """a against b on the items both answered: time ratio, accuracy difference, identical outputs."""
     ra = {r["id"]: r for r in rows if r["config"] == a}
@@ -137,9 +91,6 @@ def _plots(m: dict, out: Path) -> None:
     bench = m.get("bench") or {}
     for set_name, systems in (bench.get("summary") or {}).items():
         bars += [(f"bench {set_name} {s}", v["median_tokens_per_s"]) for s, v in systems.items()]
-    llama = m.get("llama_cpp") or {}
-    if "median_tokens_per_s" in llama:
-        bars.append(("bench gsm8k llama.cpp", llama["median_tokens_per_s"]))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(bars) + 1.5))
     ax.barh([b[0] for b in bars], [b[1] for b in bars], color=["C0" if b[0].startswith("eval") else "C1" for b in bars])
     ax.invert_yaxis()
@@ -324,26 +275,11 @@ def build_report(m: dict, out_dir) -> Path:
     L += ["## Decoding speed benchmark (fixed-length, with peers)", ""]
     bench = m.get("bench") or {}
     if bench.get("summary"):
-        from hola_ros.cli.bench import markdown
+        from hola_ros.core.evaluation.speed import markdown
 
-        systems = list(dict.fromkeys(s for per in bench["summary"].values() for s in per))
-        L += [markdown(bench["meta"], bench["summary"], systems)]
+        L += [markdown(bench)]
     else:
         L += [f"Not run: {bench.get('error', 'skipped')}.", ""]
-    llama = m.get("llama_cpp") or {}
-    if "median_tokens_per_s" in llama:
-        ref = (bench.get("summary") or {}).get("gsm8k", {})
-        ratios = ", ".join(f"{llama['median_tokens_per_s'] / ref[k]['median_tokens_per_s']:.2f}x {k}"
-                           for k in ("ar", "hf_generate", "hsd_l0_l1") if k in ref)
-        L += [f"llama.cpp (`llama-cpp-python` {llama['version']}, the same GGUF file `{Path(llama['gguf']).name}`: "
-              "llama.cpp computes with its quantized weights, this package with float32 weights dequantized "
-              "from it; same GSM8K prompt tokens, "
-              f"{llama['threads']} threads, greedy, {llama['runs'][0]['new_tokens']} tokens): median "
-              f"{llama['median_tokens_per_s']:.2f} tokens/s" + (f" = {ratios} (this run)." if ratios else "."), ""]
-    else:
-        status = {False: "not installed", True: "installed but not measured"}.get(llama.get("installed"),
-                                                                                 "not measured")
-        L += [f"llama.cpp: {status} ({llama.get('reason', 'not run')}); no number is given for it.", ""]
     lb = m.get("lobi_bench")
     if lb and lb.get("solo"):
         L += ["## Lo-Bi benchmark (one process per model)", "",
@@ -377,9 +313,3 @@ def build_report(m: dict, out_dir) -> Path:
     path = out / "REPORT.md"
     path.write_text("\n".join(L))
     return path
-
-
-if __name__ == "__main__":  # the llama.cpp child of llama_cpp_speed
-    import sys
-
-    print(json.dumps(_measure_llama_cpp(**json.loads(sys.argv[1]))))
