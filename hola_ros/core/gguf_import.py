@@ -134,17 +134,17 @@ def _codes(w: np.ndarray, scale: np.ndarray, bits: int, block: int) -> QuantLine
 
 
 def _requantize(w: np.ndarray, block: int = 32) -> QuantLinear:
-    """Asymmetric 8-bit per block of `block` (round to nearest) for weights without an exact map."""
+    """Asymmetric 8-bit codes per block of `block` (round to nearest), for weights without an
+    exact map."""
     n, k = w.shape
     if k % block:
         raise GGUFError(f"a weight with {k} input features cannot be blocked by {block}")
     wb = w.reshape(n, k // block, block)
     lo, hi = np.minimum(wb.min(-1), 0.0), np.maximum(wb.max(-1), 0.0)
     scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
-    zp = np.clip(np.rint(-lo / scale), 0, 255)
+    zp = np.clip(np.rint(-lo / scale), 0, 255).astype(np.uint8)
     codes = np.clip(np.rint(wb / scale[..., None]) + zp[..., None], 0, 255).astype(np.uint8)
-    return QuantLinear(n=n, k=k, bits=8, block=block, codes=codes, scales=scale.reshape(-1),
-                       zero_points=zp.astype(np.uint8).reshape(-1))
+    return QuantLinear(n=n, k=k, bits=8, block=block, codes=codes, scales=scale.reshape(-1), zero_points=zp.reshape(-1))
 
 
 class _Weights:
