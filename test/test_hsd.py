@@ -321,3 +321,30 @@ def test_ignore_eos_masks_eos_for_fixed_length_runs(models):
     assert plain.stop_reason == "eos" and len(plain.token_ids) == 3
     assert forced["ar"].stats["new_tokens"] == 30 and ref[3] not in forced["ar"].token_ids
     assert forced["ar"].token_ids[:3] == ref[:3] and forced["hsd"].token_ids == forced["ar"].token_ids
+
+
+def test_draft_length_follows_the_measured_verify_cost(models):
+    from hola_ros.core.hsd import DraftLength
+
+    cfg = GenerationConfig(draft_len=4, draft_len_max=16)
+    flat, linear = {1: 1.0, 2: 1.02, 4: 1.05, 8: 1.1, 16: 1.2}, {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}
+    good, good_linear, bad = DraftLength(cfg, flat), DraftLength(cfg, linear), DraftLength(cfg, flat)
+    for _ in range(20):
+        good.update(8, 8)
+        good_linear.update(8, 8)
+        bad.update(8, 0)
+    assert good.next() == 16  # extra rows nearly free and drafts accepted: draft long
+    assert good_linear.next() == 1  # every row costs a step: a longer draft never pays more than it costs
+    assert bad.next() == 1  # drafts rejected: nothing to gain from more rows
+    assert DraftLength(cfg, None).next() == 4 and DraftLength(GenerationConfig(adaptive_draft=False), flat).next() == 8
+    # inside generate(): an engine that reports a flat curve gets long drafts from an oracle drafter
+    m = models[1]
+    p = prompts(1, seed=6)[0]
+    ref = ar(m, p, n=60).token_ids
+    spy = SpyDrafter(OracleDrafter(p, ref))
+    m.info["verify_cost"] = flat
+    try:
+        generate(m, p, GenerationConfig(max_new_tokens=60, draft_len=2), drafter=spy)
+    finally:
+        del m.info["verify_cost"]
+    assert max(spy.asked) == 16

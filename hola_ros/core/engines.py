@@ -56,8 +56,7 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
                          f"(dtype {dtype!r} runs on torch)")
     loaded = load_model(path, dtype=dtype, threads=threads, packed=packed, device=device,
                         name=spec if is_packaged(spec) else None)
-    loaded.info["row_invariant"] = bool(loaded.info.get("row_invariant")) and probe_row_invariance(loaded)
-    return loaded
+    return characterize(loaded)
 
 
 def gguf_file(spec: str) -> Path:
@@ -156,28 +155,46 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     loaded.info.update(backend="onnxruntime", providers=sess.get_providers(), engine_dir=str(folder),
                        weights_bytes=(folder / "weights.data").stat().st_size,
                        weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
-    loaded.info["row_invariant"] = probe_row_invariance(loaded)
+    characterize(loaded)
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
 
-def probe_row_invariance(model, block: int = 4) -> bool:
-    """Does a verified block of `block` tokens give bitwise the logits of one-token steps?
-    Decides whether greedy HSD is guaranteed to reproduce plain decoding on this engine."""
-    ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog.")[:12]
-    if len(ids) < block + 2:
-        return False
+def characterize(model, rows=(1, 2, 4, 8, 16)):
+    """Measure what the HSD loop relies on, on the loaded model itself: whether a verified block
+    gives bitwise the logits of one-token steps (info["row_invariant"]; decides whether greedy
+    HSD is guaranteed to reproduce plain decoding) and what a step of B rows costs relative to one
+    row (info["verify_cost"]; the draft length policy reads it)."""
+    ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog. " * 3)
     session = model.new_session()
     try:
-        session.forward(ids[:-block], last_only=True)
+        session.forward(ids[:16], last_only=True)
         start = session.length
-        steps = [np.array(session.forward([t])[0]) for t in ids[-block:]]
+        steps = [np.array(session.forward([t])[0]) for t in ids[16:20]]
         session.rollback(start)
-        rows = np.asarray(session.forward(ids[-block:]))
-        same = bool(np.array_equal(rows, np.stack(steps)))
+        same = bool(np.array_equal(np.asarray(session.forward(ids[16:20])), np.stack(steps)))
+        model.info["verify_cost"] = _step_costs(session, start, ids[16:16 + max(rows)], rows)
     finally:
         session.close()
-    if not same:
+    model.info["row_invariant"] = bool(model.info.get("row_invariant", True)) and same
+    if not model.info["row_invariant"]:
         _log.warning("%s: a verified block differs from one-token steps: greedy HSD output is NOT guaranteed "
                      "to equal plain decoding (answers say exact: false)", model.name)
-    return same
+    return model
+
+
+def _step_costs(session, start: int, tokens: list[int], rows, reps: int = 3) -> dict[int, float]:
+    seconds = {}
+    for b in rows:
+        times = []
+        for _ in range(reps + 1):  # the first call of a new shape pays one-off allocations
+            session.rollback(start)
+            t0 = time.perf_counter()
+            session.forward(tokens[:b])
+            times.append(time.perf_counter() - t0)
+        seconds[b] = sorted(times[1:])[reps // 2]
+    costs, floor = {}, 1.0
+    for b in rows:  # more rows never cost less: a dip is timing noise (other processes on the CPU)
+        floor = max(floor, seconds[b] / seconds[rows[0]])
+        costs[b] = round(floor, 3)
+    return costs
