@@ -87,6 +87,8 @@ class QuantLinear:
 
 
 class _Graph:
+    """Nodes and initializers of a graph being written (shared with the Lo-Bi exporter)."""
+
     def __init__(self):
         from onnx import helper
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from hola_ros.core.models import LoadedModel
@@ -96,16 +95,6 @@ def check_base(path, manifest: dict, base=None) -> str:
             f"(sha256 {recorded['sha256'][:12]}...), but the base model given is {spec!r} "
             f"(sha256 {digest[:12]}...); rebuild it with `hola-ros lobi build --model {spec}`")
     return str(base_dir)
-
-
-@dataclass
-class EngineModel(LoadedModel):
-    """A LoadedModel whose sessions run on a non-torch engine (onnxruntime / tensorrt)."""
-
-    session_factory: object = None
-
-    def new_session(self):
-        return self.session_factory()
 
 
 def load_weights(path) -> dict:
@@ -239,7 +228,7 @@ def load_artifact(path, backend: str = "auto", threads: int | None = None, base=
                 raise ArtifactError(f"{path} has no ONNX export; build it with `--export onnx` "
                                     f"or load it with backend='torch'")
             factory = onnx_backend.session_factory(path, entry, threads)
-        loaded = EngineModel(model=None, eos_token_ids=_eos(cfg, None, tokenizer), session_factory=factory, **common)
+        loaded = LoadedModel(model=None, eos_token_ids=_eos(cfg, None, tokenizer), session_factory=factory, **common)
     loaded.info.update(backend=backend, artifact=str(path), manifest=manifest)
     loaded.load_s = time.perf_counter() - t0
     return loaded

@@ -22,42 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hola_ros.core.onnx_graph import IR_VERSION, OPSET, _Graph, ort_session
+
 from . import arch
 
-OPSET = 21
-IR_VERSION = 10  # onnx writes a newer IR than onnxruntime 1.31 reads
 FLAVOURS = ("nbits", "dense")
-
-
-class _Graph:
-    def __init__(self):
-        from onnx import helper
-
-        self.helper = helper
-        self.nodes, self.inits, self.count = [], [], 0
-        self.cache: dict = {}
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
-
-    def init(self, arr: np.ndarray, hint: str = "c") -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def const(self, value, dtype=np.int64) -> str:
-        key = (np.asarray(value, dtype).tobytes(), np.asarray(value, dtype).shape, np.dtype(dtype).str)
-        if key not in self.cache:
-            self.cache[key] = self.init(np.asarray(value, dtype), "k")
-        return self.cache[key]
-
-    def op(self, op_type: str, inputs, outputs: int | list = 1, domain: str | None = None, **attrs):
-        outs = outputs if isinstance(outputs, list) else [self.name(op_type) for _ in range(outputs)]
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
-        return outs[0] if len(outs) == 1 else outs
 
 
 def _pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
@@ -264,17 +233,6 @@ def select_providers(available: list[str], flavour: str, prefer: str | None = No
     return [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
-def _session(onnx_path, threads: int | None, providers: list, provider_options: list | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), opts, providers=providers, provider_options=provider_options)
-
-
 class OrtKVSession:
     """One sequence's KV cache held as numpy arrays fed back into the graph on each call."""
 
@@ -323,7 +281,7 @@ def session_factory(path, entry: dict, threads: int | None = None, providers: li
 
     cfg = AutoConfig.from_pretrained(str(path)).get_text_config(decoder=True)
     providers = providers or select_providers(ort.get_available_providers(), entry["flavour"])
-    sess = _session(Path(path) / entry["path"], threads, providers, provider_options)
+    sess = ort_session(Path(path) / entry["path"], threads, providers, provider_options)
     dims = (cfg.num_hidden_layers, cfg.num_key_value_heads, arch.head_dim(cfg))
 
     def factory():
