@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from hola_ros.core.model_store import building
 from hola_ros.core.onnx_graph import ArchSpec, QuantLinear, save_graph, write_graph
 
 FORMAT_VERSION = 1
@@ -196,9 +195,7 @@ def convert(gguf_path, out_dir, accuracy_level: int = 4) -> dict:
     import gguf
 
     gguf_path, out_dir = Path(gguf_path).resolve(), Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp", dir=out_dir.parent))
-    try:
+    with building(out_dir, "meta.json") as tmp:
         reader = gguf.GGUFReader(str(gguf_path))
         arch, spec = arch_spec(reader)
         weights = _Weights(reader, arch, spec)
@@ -218,13 +215,6 @@ def convert(gguf_path, out_dir, accuracy_level: int = 4) -> dict:
                 "embedding_type": embd.tensor_type.name, "accuracy_level": accuracy_level,
                 "special_tokens": special_tokens(reader), "weights": weights.report}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-        try:
-            tmp.rename(out_dir)
-        except OSError:  # another process converted it meanwhile
-            if not (out_dir / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return json.loads((out_dir / "meta.json").read_text())
 
 

@@ -10,7 +10,9 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,24 @@ class ModelNotInstalled(FileNotFoundError):
 def cache_base() -> Path:
     env = os.environ.get("HOLA_ROS_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "hola_ros"
+
+
+@contextmanager
+def building(target: Path, marker: str):
+    """A temporary folder beside `target` that becomes `target` when the block succeeds, so a
+    cache entry is never seen half written; if another process finished first, its `marker`
+    file shows it and its result is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        yield tmp
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_packaged(spec: str) -> bool:

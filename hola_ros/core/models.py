@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from hola_ros.core.model_store import DEFAULT_MODEL, cache_base, gguf_path, is_packaged
+from hola_ros.core.model_store import DEFAULT_MODEL, building, cache_base, gguf_path, is_packaged
 
 __all__ = ["DEFAULT_MODEL", "KVSession", "LoadedModel", "TorchKVSession", "from_module", "load_model"]
 
@@ -242,9 +240,7 @@ def convert_gguf(gguf: Path) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-    try:
+    with building(target, "config.json") as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
         # save_pretrained refuses GGUF-quantized models; the weights are plain fp32 already
@@ -253,13 +249,6 @@ def convert_gguf(gguf: Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf.resolve()}\n")
-        try:
-            tmp.rename(target)
-        except OSError:  # another process converted it meanwhile
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -305,14 +305,19 @@ class OrtKVSession:
         return rows[-1] if last_only else np.concatenate(rows) if len(rows) > 1 else rows[0]
 
     def _run(self, tokens: list[int], last_only: bool) -> np.ndarray:
-        n = len(tokens)
         feeds = dict(zip(self.names, self.past))
-        feeds["inputs_embeds"] = self.embed(tokens)[None]
-        feeds["logits_from"] = np.asarray([n - 1 if last_only else 0], np.int64)
+        feeds.update(self._inputs(tokens, last_only))
         out = self.sess.run(None, feeds)
         self.past = out[1:]
-        self.length += n
-        return out[0][0]
+        self.length += len(tokens)
+        return self._logits(out[0][0], last_only)
+
+    def _inputs(self, tokens: list[int], last_only: bool) -> dict:
+        return {"inputs_embeds": self.embed(tokens)[None],
+                "logits_from": np.asarray([len(tokens) - 1 if last_only else 0], np.int64)}
+
+    def _logits(self, rows: np.ndarray, last_only: bool) -> np.ndarray:
+        return rows
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:

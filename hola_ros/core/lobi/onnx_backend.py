@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hola_ros.core import onnx_graph as graph
 from hola_ros.core.onnx_graph import IR_VERSION, OPSET, _Graph, ort_session
 
 from . import arch
@@ -233,41 +234,22 @@ def select_providers(available: list[str], flavour: str, prefer: str | None = No
     return [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
-class OrtKVSession:
-    """One sequence's KV cache held as numpy arrays fed back into the graph on each call."""
+class OrtKVSession(graph.OrtKVSession):
+    """The artifact's graph takes token ids (its embedding lookup runs inside) and, in the dense
+    flavour, has no logits_from input."""
 
-    def __init__(self, sess, n_layers: int, kv_heads: int, head_dim: int):
-        self.sess = sess
-        self.sliced = any(i.name == "logits_from" for i in sess.get_inputs())
-        self.names = [f"past_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
-        empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
-        self.past = [empty] * len(self.names)
-        self.length = 0
+    def __post_init__(self):
+        super().__post_init__()
+        self.sliced = any(i.name == "logits_from" for i in self.sess.get_inputs())
 
-    def forward(self, tokens: list[int], last_only: bool = False):
-        n = len(tokens)
-        if n == 0:
-            raise ValueError("forward needs at least one token")
-        feeds = dict(zip(self.names, self.past))
-        feeds["input_ids"] = np.asarray([tokens], np.int64)
+    def _inputs(self, tokens: list[int], last_only: bool) -> dict:
+        feeds = {"input_ids": np.asarray([tokens], np.int64)}
         if self.sliced:
-            feeds["logits_from"] = np.asarray([n - 1 if last_only else 0], np.int64)
-        out = self.sess.run(None, feeds)
-        self.past = out[1:]
-        self.length += n
-        logits = out[0][0]
-        return logits[-1:] if last_only and not self.sliced else logits
+            feeds["logits_from"] = np.asarray([len(tokens) - 1 if last_only else 0], np.int64)
+        return feeds
 
-    def rollback(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot roll back to {length} (cache holds {self.length})")
-        if length < self.length:
-            self.past = [np.ascontiguousarray(p[:, :, :length]) for p in self.past]
-            self.length = length
-
-    def close(self) -> None:
-        self.past = []
-        self.length = 0
+    def _logits(self, rows: np.ndarray, last_only: bool) -> np.ndarray:
+        return rows[-1:] if last_only and not self.sliced else rows
 
 
 def session_factory(path, entry: dict, threads: int | None = None, providers: list | None = None,
@@ -285,7 +267,7 @@ def session_factory(path, entry: dict, threads: int | None = None, providers: li
     dims = (cfg.num_hidden_layers, cfg.num_key_value_heads, arch.head_dim(cfg))
 
     def factory():
-        return OrtKVSession(sess, *dims)
+        return OrtKVSession(sess, None, *dims)
 
     factory.providers = sess.get_providers()
     return factory
