@@ -56,3 +56,24 @@ def test_test_model_runs_on_onnxruntime_with_its_chat_template():
     # the second load reads the converted engine, not the GGUF
     again = load_engine(TEST_MODEL, threads=1)
     assert again.info["engine_dir"] == m.info["engine_dir"] and again.load_s < 30
+
+
+def test_engines_of_an_older_converter_are_pruned(tmp_path):
+    import json
+
+    from hola_ros.core.engines import _prune_stale
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+
+    def engine(name, source, writer):
+        folder = tmp_path / "engines" / name
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"source": {"path": str(source)}, "writer": writer}))
+        return folder
+
+    current = engine("m-new", gguf, "w2")
+    old, other_level = engine("m-old", gguf, "w1"), engine("m-acc0", gguf, "w2")
+    other_model = engine("m-x", tmp_path / "other" / "m.gguf", "w1")
+    _prune_stale(current, gguf, "w2")
+    assert current.is_dir() and other_level.is_dir() and other_model.is_dir() and not old.exists()

@@ -100,13 +100,27 @@ def engine_cache(gguf: Path, accuracy_level: int = 4) -> Path:
     gguf = Path(gguf).resolve()
     st = gguf.stat()
     # the converter's own source is part of the key: a changed graph writer never reuses an old engine
-    writer = b"".join(Path(m.__file__).read_bytes() for m in (gguf_import, onnx_graph))
-    key = f"{gguf}|{st.st_size}|{st.st_mtime_ns}|{hashlib.sha256(writer).hexdigest()}|{accuracy_level}"
+    writer = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (gguf_import, onnx_graph))).hexdigest()
+    key = f"{gguf}|{st.st_size}|{st.st_mtime_ns}|{writer}|{accuracy_level}"
     target = cache_base() / "engines" / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if not (target / "meta.json").is_file():
         _log.info("converting %s for the ONNX engine (once)", gguf)
-        gguf_import.convert(gguf, target, accuracy_level=accuracy_level)
+        gguf_import.convert(gguf, target, accuracy_level=accuracy_level, writer=writer)
+        _prune_stale(target, gguf, writer)
     return target
+
+
+def _prune_stale(current: Path, gguf: Path, writer: str) -> None:
+    """Engines of the same GGUF written by an older converter are never loaded again."""
+    import shutil
+
+    for folder in current.parent.glob(f"{gguf.stem}-*"):
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if folder != current and meta["source"]["path"] == str(gguf) and meta.get("writer") != writer:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _providers(device: str) -> list[str]:

@@ -190,8 +190,9 @@ def special_tokens(reader) -> dict:
     return {k: int(v) for k, v in found.items() if v is not None}
 
 
-def convert(gguf_path, out_dir, accuracy_level: int = 4) -> dict:
-    """Write the engine cache for `gguf_path` into `out_dir` (created atomically); returns meta."""
+def convert(gguf_path, out_dir, accuracy_level: int = 4, writer: str = "") -> dict:
+    """Write the engine cache for `gguf_path` into `out_dir` (created atomically); returns meta.
+    `writer` identifies the converter's version (recorded, so stale engines can be removed)."""
     import gguf
 
     gguf_path, out_dir = Path(gguf_path).resolve(), Path(out_dir)
@@ -212,7 +213,7 @@ def convert(gguf_path, out_dir, accuracy_level: int = 4) -> dict:
                 "source": {"path": str(gguf_path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
                 "spec": {**{k: v for k, v in spec.__dict__.items() if k != "inv_freq"},
                          "inv_freq": spec.inv_freq.tolist()},
-                "embedding_type": embd.tensor_type.name, "accuracy_level": accuracy_level,
+                "embedding_type": embd.tensor_type.name, "accuracy_level": accuracy_level, "writer": writer,
                 "special_tokens": special_tokens(reader), "weights": weights.report}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return json.loads((out_dir / "meta.json").read_text())

@@ -156,23 +156,25 @@ class _Writer:
                          epsilon=self.arch.rms_eps, stash_type=1)
 
     def positions(self):
-        """Position ids of the new rows and the additive causal mask, shared by every layer."""
+        """The rotary tables of the new rows, their position ids into those tables, and the
+        additive causal mask, shared by every layer. The angles are computed in float64 (as
+        llama.cpp's reference rope tables are) and only for the rows of this call."""
         g, a = self.g, self.arch
         past_len = g.op("Shape", ["past_key_0"], start=2, end=3)
         new_len = g.op("Shape", ["inputs_embeds"], start=1, end=2)
         p0, t0 = g.op("Squeeze", [past_len]), g.op("Squeeze", [g.op("Add", [past_len, new_len])])
         rows = g.op("Range", [p0, t0, g.const(1)])
+        angles = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [rows], to=11), g.const([1])]),
+                              g.init(a.inv_freq[None, :].astype(np.float64), "invf")])
+        table = lambda fn: g.op("Cast", [g.op("Mul", [g.op(fn, [angles]), g.const(a.attn_scaling, np.float64)])],  # noqa: E731
+                                to=1)
+        local = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [new_len]), g.const(1)]), g.const([0])])
         cols = g.op("Range", [g.const(0), t0, g.const(1)])
         allowed = g.op("LessOrEqual", [g.op("Unsqueeze", [cols, g.const([0])]), g.op("Unsqueeze", [rows, g.const([1])])])
         mask = g.op("Where", [allowed, g.const(0.0, np.float32), g.const(F32_MIN_HALF, np.float32)])
         # the rows of all query heads that share one kv head are stacked: repeat the mask for them
-        return g.op("Unsqueeze", [rows, g.const([0])]), g.op("Tile", [mask, g.const([a.heads // a.kv_heads, 1])])
-
-    def rotary_tables(self):
-        a = self.arch
-        angles = np.arange(a.context_length, dtype=np.float64)[:, None] * a.inv_freq[None, :].astype(np.float64)
-        return (self.g.init((np.cos(angles) * a.attn_scaling).astype(np.float32), "cos"),
-                self.g.init((np.sin(angles) * a.attn_scaling).astype(np.float32), "sin"))
+        return (local, (table("Cos"), table("Sin")),
+                g.op("Tile", [mask, g.const([a.heads // a.kv_heads, 1])]))
 
     def attention(self, i: int, h: str, pos: str, mask: str, rotary: tuple[str, str]) -> str:
         g, a = self.g, self.arch
@@ -211,8 +213,7 @@ class _Writer:
 
     def model(self):
         g, a = self.g, self.arch
-        pos, mask = self.positions()
-        rotary = self.rotary_tables()
+        pos, rotary, mask = self.positions()
         x = "inputs_embeds"
         h = self.rms(x, "model.layers.0.input_layernorm.weight")
         for i in range(a.n_layers):
