@@ -1,14 +1,26 @@
 import time
 
 import psutil
+import yaml
 
 from hola_ros.local_graph import LocalGraph
 
+TINY_MODEL = "smollm2-135m-instruct"
 
-def run_graph_for_module(tmp_path_factory, name: str, params: str):
+
+def graph_params(common=None, verifier=None, drafter=None, retriever=None) -> str:
+    """A parameters file for a test graph, with the tiny SmolLM2 pinned (the package's default
+    model may be a bigger one)."""
+    sections = {"/**": common or {}, "/**/hola_verifier": {"model": TINY_MODEL, **(verifier or {})},
+                "/**/hola_drafter": drafter or {},
+                "/**/hola_retriever": {"gate_model": TINY_MODEL, **(retriever or {})}}
+    return yaml.safe_dump({name: {"ros__parameters": values} for name, values in sections.items() if values})
+
+
+def run_graph_for_module(tmp_path_factory, name: str, params: str, **graph_options):
     """Generator body of a module-scoped fixture: the real graph, active, then a clean shutdown
     (runner exits 0 and no node process is left)."""
-    graph = LocalGraph(tmp_path_factory.mktemp(name), params)
+    graph = LocalGraph(tmp_path_factory.mktemp(name), params, **graph_options)
     try:
         graph.wait_active()
         yield graph

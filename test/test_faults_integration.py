@@ -6,25 +6,15 @@ import threading
 import time
 
 import pytest
-from conftest import run_graph_for_module
+from conftest import graph_params, run_graph_for_module
 
 from hola_ros.local_graph import wait_future
 
 pytestmark = pytest.mark.slow
 
 QUEUE_SIZE = 4
-PARAMS = f"""
-/**:
-  ros__parameters:
-    telemetry_rate_hz: 5.0
-hola_verifier:
-  ros__parameters:
-    queue_size: {QUEUE_SIZE}
-    concurrency: 1
-hola_retriever:
-  ros__parameters:
-    gate_model: ""
-"""
+PARAMS = graph_params(common={"telemetry_rate_hz": 5.0}, verifier={"queue_size": QUEUE_SIZE, "concurrency": 1},
+                      retriever={"gate_model": ""})
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def test_burst_of_50_requests_every_one_answered_accepted_ones_streamed(graph):
     from rclpy.qos import QoSProfile
 
     from hola_ros.msg import ResponseChunk
-    from hola_ros.nodes.verifier import RESPONSE_QOS
+    from hola_ros.interfaces import RESPONSE_QOS
     from hola_ros.srv import Ask
 
     done_chunks = []
@@ -107,6 +97,7 @@ def test_invalid_runtime_parameters_are_refused_valid_ones_apply(graph):
 
 
 def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(graph):
+    from hola_ros.interfaces import TELEMETRY_QOS
     from hola_ros.msg import Telemetry
 
     pid = graph.node_pids()["hola_verifier"]
@@ -114,7 +105,7 @@ def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(g
     busy = threading.Event()
     sub = graph.node.create_subscription(
         Telemetry, "/hola/telemetry",
-        lambda m: busy.set() if m.node == "hola_verifier" and m.active_requests > 0 else None, 10)
+        lambda m: busy.set() if m.node == "hola_verifier" and m.active_requests > 0 else None, TELEMETRY_QOS)
 
     def ask():
         result["run"] = graph.cli("ask", "Write a very long story about a robot.", "--max-new-tokens", "400",
