@@ -119,7 +119,7 @@ class HolaClient:
         group = MutuallyExclusiveCallbackGroup()
         self._ask = node.create_client(Ask, name(ASK), qos_profile=REQUEST_QOS, callback_group=group)
         self._cancel = node.create_client(Cancel, name(CANCEL), qos_profile=REQUEST_QOS, callback_group=group)
-        self.ask_service = self._ask.srv_name
+        self.ask_service = node.resolve_service_name(name(ASK))
         # the stream is complete only if this subscription matched the verifier's publisher first
         self._subscriptions = [
             node.create_subscription(ResponseChunk, name(RESPONSE), self._on_chunk, RESPONSE_QOS, callback_group=group,
