@@ -6,7 +6,6 @@ from pathlib import Path
 
 import yaml
 
-from hola_ros.interfaces import normalize_namespace
 from hola_ros.package_data import require_package_file
 
 EXECUTABLES = ("retriever", "drafter", "verifier")
@@ -74,6 +73,8 @@ def launch_options(graph: Graph, namespace: str | None = "", params_files=(), lo
                    only: str | list[str] = "") -> LaunchOptions:
     """Checked options; ValueError / FileNotFoundError say what is wrong. `only`: node names
     (a list or a comma-separated string); empty: every node of the graph."""
+    from hola_ros.interfaces import normalize_namespace  # rclpy: not for `hola-ros --help`
+
     files = tuple(Path(p).resolve() for p in params_files if str(p))
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
