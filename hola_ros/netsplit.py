@@ -160,23 +160,32 @@ def has_output(stream, timeout_s: float) -> bool:
     return bool(ready)
 
 
+def lossy_link_profile():
+    """The packaged Fast DDS profile for a lossy link (config/fastdds_lossy_link.xml)."""
+    from hola_ros.graph import config_dir
+
+    return config_dir() / "fastdds_lossy_link.xml"
+
+
 class SplitGraph:
     """The node graph across a SplitNetwork: `robot_nodes` in the robot namespace, `edge_nodes`
     in the edge one (none: the whole graph on the robot, the one-host baseline). Clients run on
-    the robot side: `self.robot.cli("ask", ...)`."""
+    the robot side: `self.robot.cli("ask", ...)`. `dds_profile`: a Fast DDS XML profile for every
+    process (e.g. lossy_link_profile()); None: Fast DDS's defaults."""
 
     def __init__(self, net: SplitNetwork, work_dir, params: str, robot_nodes: list[str], edge_nodes: list[str],
-                 domain_id: int):
+                 domain_id: int, dds_profile=None):
         from pathlib import Path
 
         from hola_ros.local_graph import LocalGraph
 
+        env = {**DDS_ENV, **({"FASTDDS_DEFAULT_PROFILES_FILE": str(dds_profile)} if dds_profile else {})}
         self.robot = LocalGraph(Path(work_dir) / "robot", params, domain_id, only=",".join(robot_nodes),
-                                prefix=net.prefix(net.robot), env=DDS_ENV)
+                                prefix=net.prefix(net.robot), env=env)
         self.graphs = [self.robot]
         if edge_nodes:
             self.graphs.append(LocalGraph(Path(work_dir) / "edge", params, domain_id, only=",".join(edge_nodes),
-                                          prefix=net.prefix(net.edge), env=DDS_ENV))
+                                          prefix=net.prefix(net.edge), env=env))
 
     def wait_active(self, timeout_s: float = 600) -> None:
         for graph in self.graphs:

@@ -99,3 +99,17 @@ def test_namespaces_and_link_are_removed_on_close_and_on_failed_setup(monkeypatc
         broken.__enter__()
     assert not {broken.robot, broken.edge} & netns_names()
     assert broken._wire is None or broken._wire.poll() is not None
+
+
+def test_the_lossy_link_profile_resends_within_the_draft_deadline():
+    import xml.etree.ElementTree as ET
+
+    from hola_ros.netsplit import lossy_link_profile
+    from hola_ros.nodes.verifier import PARAMS
+
+    ns = {"dds": "http://www.eprosima.com"}
+    writer = ET.parse(lossy_link_profile()).getroot().find("dds:profiles/dds:data_writer", ns)
+    assert writer.get("is_default_profile") == "true"
+    period = writer.find("dds:times/dds:heartbeat_period", ns)
+    seconds = int(period.find("dds:sec", ns).text) + int(period.find("dds:nanosec", ns).text) / 1e9
+    assert 0 < seconds < PARAMS["draft_timeout_s"].default / 10

@@ -1,13 +1,15 @@
 """Split deployment over DDS: the drafter in a "robot" network namespace, the verifier in an
-"edge" one, joined by a link with 5 ms delay and 1 % loss each way (hola_ros.netsplit). An answer
-crosses the link; cutting it mid-answer fails the robot's client clearly and in bounded time, and
-the same node processes serve again once it is back. Skips where network namespaces cannot be
-made (not root). `hola-ros bench-split` measures the full graph this way."""
+"edge" one, joined by a link with 5 ms delay and 1 % loss each way (hola_ros.netsplit), Fast DDS
+tuned for it (config/fastdds_lossy_link.xml). An answer crosses the link; cutting it mid-answer
+fails the robot's client clearly and in bounded time, and the same node processes serve again
+once it is back. Skips where network namespaces cannot be made (not root). `hola-ros
+bench-split` measures the full graph this way."""
 import pytest
 from conftest import graph_params
 
 from hola_ros.local_graph import default_domain_id
-from hola_ros.netsplit import LinkShape, NetnsUnavailable, SplitGraph, SplitNetwork, link_cut_trial
+from hola_ros.netsplit import (LinkShape, NetnsUnavailable, SplitGraph, SplitNetwork, link_cut_trial,
+                               lossy_link_profile)
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,7 @@ def split(tmp_path_factory):
     try:
         params = graph_params(common={"telemetry_rate_hz": 5.0}, verifier={"use_retriever": False})
         graph = SplitGraph(net, tmp_path_factory.mktemp("split"), params, ["hola_drafter"], ["hola_verifier"],
-                           default_domain_id())
+                           default_domain_id(), lossy_link_profile())
         graph.wait_active(300)
         yield net, graph
     finally:

@@ -45,22 +45,27 @@ def _summary(rows: list[dict]) -> dict:
             "draft_s": mean("draft_s"), "retrieval_s": mean("retrieval_s"), "total_s": mean("total_s")}
 
 
-def _run_config(name: str, shape, robot_nodes, edge_nodes, cut: bool, args, params: str, prompts, work) -> dict:
+def _run_config(config: dict, args, params: str, prompts, work) -> dict:
     from hola_ros.local_graph import default_domain_id
     from hola_ros.netsplit import SplitGraph, SplitNetwork, link_cut_trial
 
+    name, shape, edge_nodes = config["name"], config["shape"], config["edge"]
     print(f"[bench-split] {name}: starting ({shape})", flush=True)
     with SplitNetwork(shape) as net:
-        graph = SplitGraph(net, work / name.replace(" ", "_"), params, robot_nodes, edge_nodes, default_domain_id())
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        graph = SplitGraph(net, work / slug, params, config["robot"], edge_nodes, default_domain_id(),
+                           config["dds_profile"])
         try:
             graph.wait_active()
             before = net.counters()
             rows = _measure(graph, prompts, args.repeats, args.max_new_tokens)
             link = {k: v - before[k] for k, v in net.counters().items()}
-            cut = link_cut_trial(net, graph, liveness_s=args.liveness) if cut else None
+            cut = link_cut_trial(net, graph, liveness_s=args.liveness) if config["cut"] else None
         finally:
             graph.stop()
         link_used = f"{shape} ({net.kind})" if edge_nodes else "none: every node in the robot namespace"
+        if config["dds_profile"]:
+            link_used += f", Fast DDS profile {config['dds_profile'].name}"
         return {"name": name, "link": link_used, "rows": rows, "summary": _summary(rows),
                 "link_counters": link, "link_cut": cut}
 
@@ -94,7 +99,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from hola_ros.cli.bench_transport import PROMPTS
-    from hola_ros.netsplit import LinkShape, NetnsUnavailable
+    from hola_ros.netsplit import LinkShape, NetnsUnavailable, lossy_link_profile
 
     if args.delay_ms < 0 or not 0 <= args.loss_pct < 100 or args.repeats < 1 or args.max_new_tokens < 1:
         raise SystemExit("hola-ros bench-split: need --delay-ms >= 0, --loss-pct in [0, 100), --repeats >= 1, "
@@ -102,13 +107,15 @@ def run(args) -> int:
     params = Path(args.params).read_text() if args.params else ""
     impaired, clean = LinkShape(args.delay_ms, args.loss_pct), LinkShape(0.0, 0.0)
     load_start = os.getloadavg()[0]
-    configs = [("one host", clean, ROBOT_NODES + EDGE_NODES, [], False),
-               ("split, clean link", clean, ROBOT_NODES, EDGE_NODES, False),
-               ("split, impaired link", impaired, ROBOT_NODES, EDGE_NODES, True)]
+    split = {"robot": ROBOT_NODES, "edge": EDGE_NODES, "dds_profile": None, "cut": False}
+    configs = [{**split, "name": "one host", "shape": clean, "robot": ROBOT_NODES + EDGE_NODES, "edge": []},
+               {**split, "name": "split, clean link", "shape": clean},
+               {**split, "name": "split, impaired link", "shape": impaired},
+               {**split, "name": "split, impaired link, tuned DDS", "shape": impaired,
+                "dds_profile": lossy_link_profile(), "cut": True}]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            results = [_run_config(name, shape, robot, edge, cut, args, params, PROMPTS, Path(tmp))
-                       for name, shape, robot, edge, cut in configs]
+            results = [_run_config(config, args, params, PROMPTS, Path(tmp)) for config in configs]
     except NetnsUnavailable as exc:
         print(f"hola-ros bench-split: cannot run here: {exc}")
         return 2
