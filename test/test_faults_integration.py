@@ -143,6 +143,35 @@ def test_invalid_runtime_parameters_are_refused_valid_ones_apply(graph):
     assert set_int("queue_size", QUEUE_SIZE).successful
 
 
+def test_an_answer_is_sent_when_its_job_ends_not_at_the_next_executor_wake_up(graph):
+    """The handler awaiting a job resumes when a worker completes it, also when nothing else
+    wakes the verifier's executor (telemetry slowed to one message per 20 s here)."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from hola_ros.srv import Ask
+
+    params = graph.node.create_client(SetParameters, "/hola_verifier/set_parameters")
+    assert params.wait_for_service(timeout_sec=30)
+
+    def set_rate(hz):
+        value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=hz)
+        request = SetParameters.Request(parameters=[Parameter(name="telemetry_rate_hz", value=value)])
+        return wait_future(params.call_async(request), 30).results[0].successful
+
+    ask = graph.node.create_client(Ask, "/hola/ask")
+    assert set_rate(0.05)
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        answer = wait_future(ask.call_async(Ask.Request(prompt="Say hi.", max_new_tokens=2, retrieval_mode="off")), 60)
+        waited = time.monotonic() - started
+    finally:
+        assert set_rate(5.0)
+    assert answer.success, answer.error
+    assert waited - answer.stats.total_s < 10.0, (waited, answer.stats.total_s)  # not the 20 s telemetry period
+
+
 def test_verifier_killed_under_a_waiting_client_fails_explicitly_then_respawns(graph):
     from hola_ros.interfaces import TELEMETRY_QOS
     from hola_ros.msg import Telemetry
