@@ -95,6 +95,8 @@ def _report(results: list[dict], load: tuple, args) -> str:
 def run(args) -> int:
     import json
     import os
+    import signal
+    import sys
     import tempfile
     from pathlib import Path
 
@@ -104,6 +106,8 @@ def run(args) -> int:
     if args.delay_ms < 0 or not 0 <= args.loss_pct < 100 or args.repeats < 1 or args.max_new_tokens < 1:
         raise SystemExit("hola-ros bench-split: need --delay-ms >= 0, --loss-pct in [0, 100), --repeats >= 1, "
                          "--max-new-tokens >= 1")
+    # SIGTERM unwinds like Ctrl-C, so the graphs stop and the namespaces are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     params = Path(args.params).read_text() if args.params else ""
     impaired, clean = LinkShape(args.delay_ms, args.loss_pct), LinkShape(0.0, 0.0)
     load_start = os.getloadavg()[0]
