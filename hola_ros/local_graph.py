@@ -67,12 +67,12 @@ class LocalGraph:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
+        from hola_ros.interfaces import normalize_namespace
+
         # this process joins the same isolated domain
         os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        from hola_ros.interfaces import normalize_namespace
-
         # in the graph's namespace: relative names (hola_ros.interfaces) reach this graph
         self.node = rclpy.create_node("hola_local_client", namespace=normalize_namespace(self.namespace),
                                       context=self.context)
