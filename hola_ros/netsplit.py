@@ -210,10 +210,11 @@ class SplitGraph:
 LONG_PROMPT = "Write a very long story about a warehouse robot."
 
 
-def link_cut_trial(net: SplitNetwork, graph: SplitGraph, liveness_s: float = 3.0, timeout_s: float = 120.0) -> dict:
+def link_cut_trial(net: SplitNetwork, graph: SplitGraph, liveness_s: float = 3.0, timeout_s: float = 120.0,
+                   hold_s: float = 0.0) -> dict:
     """Cut the link while an answer streams to the robot's client, keep it down until that client
-    has given up, restore it, and ask again: what the client saw, and whether the same node
-    processes serve again."""
+    has given up (and at least `hold_s` in all), restore it, and ask again: what the client saw,
+    and whether the same node processes serve again."""
     from hola_ros.local_graph import SOURCE_ROOT
 
     pids = graph.node_pids()
@@ -231,11 +232,12 @@ def link_cut_trial(net: SplitNetwork, graph: SplitGraph, liveness_s: float = 3.0
         ask.kill()
         _, err = ask.communicate()
     gave_up_after_s = time.monotonic() - cut_at
+    time.sleep(max(0.0, hold_s - gave_up_after_s))
     net.restore()
     restored_at = time.monotonic()
     again = graph.ask_json("Say hello to the operator.", "--max-new-tokens", "8", "--retrieval", "off",
                            timeout_s=timeout_s)
-    return {"streaming_before_cut": streaming, "client_exit_code": ask.returncode,
+    return {"streaming_before_cut": streaming, "down_s": restored_at - cut_at, "client_exit_code": ask.returncode,
             "client_error": (err.strip().splitlines() or [""])[-1], "client_gave_up_after_s": gave_up_after_s,
             "served_again": bool(again.get("success")), "served_again_after_s": time.monotonic() - restored_at,
             "again": again, "same_processes": graph.node_pids() == pids}

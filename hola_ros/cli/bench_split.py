@@ -15,6 +15,8 @@ def register(sub) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds of the prompt set per configuration")
     parser.add_argument("--params", metavar="FILE", help="extra parameters file for every node (e.g. to pin the model)")
     parser.add_argument("--liveness", type=float, default=3.0, help="client liveness in the link-cut trial (s)")
+    parser.add_argument("--cut-hold-s", type=float, default=0.0,
+                        help="keep the link down at least this long (default: until the client has given up)")
     parser.add_argument("--out", default="results/split", help="directory for split.md / split.json")
     parser.set_defaults(run=run)
 
@@ -60,7 +62,8 @@ def _run_config(config: dict, args, params: str, prompts, work) -> dict:
             before = net.counters()
             rows = _measure(graph, prompts, args.repeats, args.max_new_tokens)
             link = {k: v - before[k] for k, v in net.counters().items()}
-            cut = link_cut_trial(net, graph, liveness_s=args.liveness) if config["cut"] else None
+            cut = (link_cut_trial(net, graph, liveness_s=args.liveness, hold_s=args.cut_hold_s)
+                   if config["cut"] else None)
         finally:
             graph.stop()
         link_used = f"{shape} ({net.kind})" if edge_nodes else "none: every node in the robot namespace"
@@ -85,7 +88,8 @@ def _report(results: list[dict], load: tuple, args) -> str:
         if cut:
             lines += ["", f"Link cut ({r['name']}): streaming before the cut: {cut['streaming_before_cut']}; the client "
                           f"gave up after {cut['client_gave_up_after_s']:.1f} s with exit code {cut['client_exit_code']}: "
-                          f"`{cut['client_error']}`; after the restore the graph answered again: {cut['served_again']} "
+                          f"`{cut['client_error']}`; the link was down {cut['down_s']:.1f} s; after the restore the "
+                          f"graph answered again: {cut['served_again']} "
                           f"(after {cut['served_again_after_s']:.1f} s, degraded: "
                           f"{(cut['again'].get('stats') or {}).get('degraded')}); same node processes: "
                           f"{cut['same_processes']}"]
@@ -103,9 +107,10 @@ def run(args) -> int:
     from hola_ros.cli.bench_transport import PROMPTS
     from hola_ros.netsplit import LinkShape, NetnsUnavailable, lossy_link_profile
 
-    if args.delay_ms < 0 or not 0 <= args.loss_pct < 100 or args.repeats < 1 or args.max_new_tokens < 1:
+    if (args.delay_ms < 0 or not 0 <= args.loss_pct < 100 or args.repeats < 1 or args.max_new_tokens < 1
+            or args.cut_hold_s < 0 or args.liveness <= 0):
         raise SystemExit("hola-ros bench-split: need --delay-ms >= 0, --loss-pct in [0, 100), --repeats >= 1, "
-                         "--max-new-tokens >= 1")
+                         "--max-new-tokens >= 1, --cut-hold-s >= 0, --liveness > 0")
     # SIGTERM unwinds like Ctrl-C, so the graphs stop and the namespaces are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     params = Path(args.params).read_text() if args.params else ""
