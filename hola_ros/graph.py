@@ -1,4 +1,5 @@
-"""The node graph description (config/graph.yaml), shared by the launch file and `hola-ros up`."""
+"""The node graph description (config/graph.yaml) and the launch options, shared by the launch
+file and `hola-ros up`."""
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ import yaml
 from hola_ros.package_data import require_package_file
 
 EXECUTABLES = ("retriever", "drafter", "verifier")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,33 @@ def load_graph(path: str | os.PathLike | None = None) -> Graph:
     if not parameters.is_file():
         raise FileNotFoundError(f"{path}: parameters file not found: {parameters}")
     return Graph(path=path.resolve(), parameters=parameters, nodes=tuple(nodes))
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What `ros2 launch hola_ros edge.launch.py` and `hola-ros up` take besides the graph."""
+    namespace: str = "/"
+    params_files: tuple[Path, ...] = ()   # after the graph's own parameters file: later files win
+    log_level: str = "info"
+    nodes: tuple[NodeSpec, ...] = ()      # the graph's nodes to start (a split deployment starts a subset)
+
+
+def launch_options(graph: Graph, namespace: str | None = "", params_files=(), log_level: str = "info",
+                   only: str | list[str] = "") -> LaunchOptions:
+    """Checked options; ValueError / FileNotFoundError say what is wrong. `only`: node names
+    (a list or a comma-separated string); empty: every node of the graph."""
+    from hola_ros.interfaces import normalize_namespace  # rclpy: not for `hola-ros --help`
+
+    files = tuple(Path(p).resolve() for p in params_files if str(p))
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"parameters file not found: {', '.join(missing)}")
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    names = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if n.strip()]
+    known = {n.name: n for n in graph.nodes}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"no node {', '.join(map(repr, unknown))} in {graph.path} (nodes: {', '.join(known)})")
+    nodes = tuple(n for n in graph.nodes if not names or n.name in names)
+    return LaunchOptions(normalize_namespace(namespace), files, log_level, nodes)

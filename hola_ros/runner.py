@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hola_ros.graph import Graph, NodeSpec
+from hola_ros.graph import Graph, LaunchOptions, NodeSpec
 
 QUICK_DEATH_S = 5.0      # a node that dies sooner than this after its start failed to start
 MAX_QUICK_DEATHS = 5     # ...this many times in a row: stop respawning it
@@ -27,12 +27,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def node_command(spec: NodeSpec, graph: Graph, extra_params: list[Path]) -> list[str]:
+def node_command(spec: NodeSpec, graph: Graph, options: LaunchOptions) -> list[str]:
     command = [sys.executable, "-m", f"hola_ros.nodes.{spec.executable}", "--ros-args",
-               "-r", f"__node:={spec.name}", "--params-file", str(graph.parameters)]
-    for params in extra_params:
+               "-r", f"__node:={spec.name}", "-r", f"__ns:={options.namespace}",
+               "--params-file", str(graph.parameters)]
+    for params in options.params_files:
         command += ["--params-file", str(params)]
-    return command
+    return command + ["--log-level", options.log_level]
 
 
 def node_env() -> dict:
@@ -61,9 +62,10 @@ class _Managed:
         _log(f"started {self.spec.name} (pid {self.process.pid})")
 
 
-def run_graph(graph: Graph, extra_params: list[Path] | None = None) -> int:
+def run_graph(graph: Graph, options: LaunchOptions | None = None) -> int:
     env = node_env()
-    managed = [_Managed(spec, node_command(spec, graph, extra_params or [])) for spec in graph.nodes]
+    options = options or LaunchOptions(nodes=graph.nodes)
+    managed = [_Managed(spec, node_command(spec, graph, options)) for spec in options.nodes]
     stopping = {"signal": None}
 
     def request_stop(signum, _frame):

@@ -32,7 +32,8 @@ def test_colcon_build_installs_interfaces_nodes_cli_launch_and_config(tmp_path):
     install = tmp_path / "ws" / "install" / "hola_ros"
     for rel in ("lib/hola_ros/verifier", "lib/hola_ros/drafter", "lib/hola_ros/retriever", "bin/hola-ros",
                 "share/hola_ros/launch/edge.launch.py", "share/hola_ros/config/graph.yaml",
-                "share/hola_ros/config/hola.yaml", "share/hola_ros/package.xml"):
+                "share/hola_ros/config/hola.yaml", "share/hola_ros/config/fastdds_lossy_link.xml",
+                "share/hola_ros/package.xml"):
         assert (install / rel).is_file(), rel
     # the installed package resolves its interfaces, its sources and the installed graph config
     site = install / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hola_ros import runner
-from hola_ros.graph import EXECUTABLES, NodeSpec, config_dir, load_graph
+from hola_ros.graph import EXECUTABLES, NodeSpec, config_dir, launch_options, load_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def test_packaged_graph_has_the_three_nodes_and_parameters():
 
 def test_launch_file_reads_the_same_graph_description():
     launch = (ROOT / "launch" / "edge.launch.py").read_text()
-    assert "load_graph(" in launch and "graph.nodes" in launch and "respawn=node.respawn" in launch
+    assert "load_graph(" in launch and "launch_options(" in launch and "respawn=node.respawn" in launch
 
 
 @pytest.mark.parametrize("text, words", [
@@ -43,20 +43,49 @@ def test_bad_graph_files_are_refused_clearly(tmp_path, text, words):
         load_graph(path)
 
 
-def test_node_command_runs_the_module_with_name_and_parameter_files(tmp_path):
+def test_node_command_runs_the_module_with_name_namespace_parameter_files_and_log_level(tmp_path):
     graph = load_graph()
     extra = tmp_path / "extra.yaml"
-    command = runner.node_command(graph.nodes[0], graph, [extra])
+    extra.write_text("{}\n")
+    command = runner.node_command(graph.nodes[0], graph, launch_options(graph, "robot1", [extra], "debug"))
     assert command[:3] == [sys.executable, "-m", f"hola_ros.nodes.{graph.nodes[0].executable}"]
-    assert f"__node:={graph.nodes[0].name}" in command
+    assert f"__node:={graph.nodes[0].name}" in command and "__ns:=/robot1" in command
     assert command.index(str(graph.parameters)) < command.index(str(extra))  # later files win
+    assert command[-2:] == ["--log-level", "debug"]
+    assert "__ns:=/" in runner.node_command(graph.nodes[0], graph, launch_options(graph))
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(namespace="robot 1"), ValueError, "invalid namespace"),
+    (dict(namespace="1robot"), ValueError, "invalid namespace"),
+    (dict(log_level="verbose"), ValueError, "unknown log level"),
+    (dict(only="hola_verifier,hola_planner"), ValueError, "no node 'hola_planner'"),
+    (dict(params_files=["/nonexistent.yaml"]), FileNotFoundError, "parameters file not found"),
+])
+def test_launch_options_refuse_bad_values_with_the_reason(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        launch_options(load_graph(), **kwargs)
+
+
+def test_launch_options_select_nodes_in_graph_order():
+    graph = load_graph()
+    options = launch_options(graph, "/robot1/", only="hola_verifier, hola_drafter")
+    assert options.namespace == "/robot1"
+    assert [n.name for n in options.nodes] == [n.name for n in graph.nodes if n.name in ("hola_verifier", "hola_drafter")]
+    assert launch_options(graph).nodes == graph.nodes
+
+
+def test_up_refuses_a_bad_namespace_before_starting_anything():
+    result = subprocess.run([sys.executable, "-m", "hola_ros.cli", "up", "--namespace", "robot-1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "invalid namespace 'robot-1'" in result.stderr
 
 
 def test_runner_respawns_a_dead_node_and_stops_everything_on_sigint(tmp_path, monkeypatch):
     """The supervisor with stand-in node processes: kill one, it comes back; SIGINT ends all."""
     pids = tmp_path / "pids"
     script = f"import os,time; open({str(pids)!r},'a').write(f'{{os.getpid()}}\\n'); time.sleep(600)"
-    monkeypatch.setattr(runner, "node_command", lambda spec, graph, extra: [sys.executable, "-c", script])
+    monkeypatch.setattr(runner, "node_command", lambda spec, graph, options: [sys.executable, "-c", script])
     monkeypatch.setattr(runner, "STOP_GRACE_S", 5.0)
     graph = load_graph()
     graph = type(graph)(path=graph.path, parameters=graph.parameters,

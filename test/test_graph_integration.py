@@ -1,21 +1,17 @@
-"""The real three-process graph on the default offline model: ask, stream, telemetry, action
+"""The real three-process graph on the tiny offline model: ask, stream, telemetry, action
 with feedback and cancel, bad input, clean shutdown."""
 import json
 import threading
 import time
 
 import pytest
-from conftest import run_graph_for_module
+from conftest import graph_params, run_graph_for_module
 
 from hola_ros.local_graph import wait_future
 
 pytestmark = pytest.mark.slow
 
-PARAMS = """
-/**:
-  ros__parameters:
-    telemetry_rate_hz: 4.0
-"""
+PARAMS = graph_params(common={"telemetry_rate_hz": 4.0})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +42,7 @@ def test_ask_cli_streams_the_answer_and_prints_json(graph):
 
 def test_service_answer_equals_streamed_chunks(graph):
     from hola_ros.msg import ResponseChunk
-    from hola_ros.nodes.verifier import RESPONSE_QOS
+    from hola_ros.interfaces import RESPONSE_QOS
     from hola_ros.srv import Ask
 
     chunks, sub = collect(graph, ResponseChunk, "/hola/response", RESPONSE_QOS)
@@ -87,9 +83,10 @@ def test_bad_requests_get_clear_errors_and_the_graph_keeps_serving(graph):
 def test_every_node_publishes_telemetry_and_diagnostics(graph):
     from diagnostic_msgs.msg import DiagnosticArray
 
+    from hola_ros.interfaces import TELEMETRY_QOS
     from hola_ros.msg import Telemetry
 
-    telemetry, sub1 = collect(graph, Telemetry, "/hola/telemetry")
+    telemetry, sub1 = collect(graph, Telemetry, "/hola/telemetry", TELEMETRY_QOS)
     diagnostics, sub2 = collect(graph, DiagnosticArray, "/diagnostics")
     time.sleep(3.0)
     by_node = {m.node: m for m in telemetry}

@@ -53,6 +53,24 @@ def test_bounded_queue_rejects_beyond_capacity_and_answers_every_accepted_job():
     s.stop("bye")
 
 
+def test_queue_size_change_applies_to_later_submissions_and_keeps_queued_jobs():
+    gate = Gate()
+    s = Scheduler(gate, queue_size=2, concurrency=1)
+    jobs = [job(f"r{i}") for i in range(3)]
+    for j in jobs:
+        s.submit(j)
+    s.set_queue_size(0)
+    with pytest.raises(Busy, match="queue_size 0"):
+        s.submit(job("late"))
+    s.set_queue_size(3)
+    s.submit(job("fits"))
+    gate.release.set()
+    assert all(j.wait(5).success for j in jobs)
+    with pytest.raises(ValueError):
+        s.set_queue_size(-1)
+    s.stop("bye")
+
+
 def test_duplicate_request_id_in_flight_is_refused():
     gate = Gate()
     s = Scheduler(gate, queue_size=4, concurrency=1)

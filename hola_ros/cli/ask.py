@@ -1,4 +1,4 @@
-"""hola-ros ask: call /hola/ask on the running graph and stream the answer from /hola/response."""
+"""hola-ros ask: ask the running graph through hola_ros.client and stream the answer."""
 import sys
 
 from hola_ros.core.requests import DECODING_MODES, RETRIEVAL_MODES
@@ -7,8 +7,9 @@ EXIT_FAILED, EXIT_TIMEOUT = 1, 124
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("ask", help="ask the running graph (/hola/ask); the answer streams from /hola/response")
+    parser = sub.add_parser("ask", help="ask the running graph (hola/ask); the answer streams from hola/response")
     parser.add_argument("text", help="the question")
+    parser.add_argument("--namespace", default="", help="namespace of the graph (as given to `hola-ros up`)")
     parser.add_argument("--retrieval", default="auto", choices=RETRIEVAL_MODES, help="retrieval mode (default auto)")
     parser.add_argument("--mode", default="hsd", choices=DECODING_MODES, help="decoding mode (default hsd)")
     parser.add_argument("--max-new-tokens", type=int, default=-1, help="default: the verifier's")
@@ -25,117 +26,38 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
-class VerifierLiveness:
-    """Which verifier processes are alive, from their /hola/telemetry. A request's verifier that
-    falls silent (killed, restarted: DDS may keep a dead server "ready" for many seconds, and a
-    respawned one answers only new requests) means the request died with it."""
-
-    def __init__(self, silence_s: float):
-        import time
-
-        self._clock, self.silence_s = time.monotonic, silence_s
-        self.last_seen: dict[str, float] = {}
-        self.watched: set[str] = set()
-
-    def on_telemetry(self, msg) -> None:
-        if msg.role == "verifier":
-            self.last_seen[msg.instance_id] = self._clock()
-
-    def watch_live(self) -> None:
-        now = self._clock()
-        self.watched = {i for i, seen in self.last_seen.items() if now - seen < self.silence_s}
-
-    def gone(self) -> bool:
-        now = self._clock()
-        return bool(self.watched) and all(now - self.last_seen[i] > self.silence_s for i in self.watched)
-
-
 def run(args) -> int:
+    import dataclasses
     import json
     import os
-    import threading
-    import time
-    import uuid
 
     import rclpy
-    from rclpy.event_handler import SubscriptionEventCallbacks
 
-    from hola_ros.msg import ResponseChunk, Telemetry
-    from hola_ros.nodes.convert import msg_to_dict
-    from hola_ros.nodes.verifier import RESPONSE_QOS
-    from hola_ros.srv import Ask
+    from hola_ros.client import HolaClient
 
-    deadline = time.monotonic() + args.timeout
-    request_id = args.request_id or uuid.uuid4().hex
+    if not args.timeout > 0 or not args.liveness > 0:
+        raise SystemExit("hola-ros ask: --timeout and --liveness must be > 0")
     rclpy.init()
     node = rclpy.create_node(f"hola_ask_{os.getpid()}")
-    deltas, final = [], threading.Event()
-    matched = threading.Event()
-
-    def on_chunk(msg):
-        if msg.request_id != request_id:
-            return
-        if msg.done:
-            final.set()
-        elif msg.text_delta:
-            deltas.append(msg.text_delta)
-            if not args.json:
-                sys.stdout.write(msg.text_delta)
-                sys.stdout.flush()
-
-    node.create_subscription(ResponseChunk, "/hola/response", on_chunk, RESPONSE_QOS,
-                             event_callbacks=SubscriptionEventCallbacks(
-                                 matched=lambda info: matched.set() if info.current_count > 0 else None))
-    liveness = VerifierLiveness(args.liveness)
-    node.create_subscription(Telemetry, "/hola/telemetry", liveness.on_telemetry, 50)
-    client = node.create_client(Ask, "/hola/ask")
-
-    def spin_until(condition, until) -> bool:
-        while not condition():
-            if time.monotonic() >= until:
-                return False
-            rclpy.spin_once(node, timeout_sec=0.05)
-        return True
-
-    result = {"success": False, "error": "", "request_id": request_id, "text": "", "stats": {}, "chunks": 0}
-    code = EXIT_FAILED
     try:
-        if not spin_until(client.service_is_ready, deadline):
-            result["error"] = (f"service /hola/ask not available within {args.timeout:.0f} s "
-                               "(is the graph running? start it with `hola-ros up`)")
-            code = EXIT_TIMEOUT
-        else:
-            # the stream is only complete if our subscription matched the verifier's publisher first
-            spin_until(lambda: matched.is_set() and liveness.last_seen, min(deadline, time.monotonic() + 5.0))
-            liveness.watch_live()
-            future = client.call_async(Ask.Request(
-                prompt=args.text, request_id=request_id, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                retrieval_mode=args.retrieval, decoding_mode=args.mode))
-            if not spin_until(lambda: future.done() or liveness.gone(), deadline):
-                result["error"] = f"no answer within {args.timeout:.0f} s"
-                code = EXIT_TIMEOUT
-            elif not future.done():
-                result["error"] = (f"the verifier went away before answering (no telemetry for {args.liveness:.0f} s: "
-                                   "node stopped or restarted)")
-            else:
-                response = future.result()
-                if response.success or deltas:  # accepted requests end with a final chunk
-                    spin_until(final.is_set, min(deadline, time.monotonic() + 5.0))
-                streamed = "".join(deltas)
-                if not args.json and response.text.startswith(streamed):
-                    sys.stdout.write(response.text[len(streamed):])  # whatever the stream missed
-                result.update(success=response.success, error=response.error, request_id=response.request_id,
-                              text=response.text, stats=msg_to_dict(response.stats))
-                code = 0 if response.success else EXIT_FAILED
+        client = HolaClient(node, namespace=args.namespace, liveness_s=args.liveness)
+        stream = None if args.json else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        future = client.ask(args.text, timeout_s=args.timeout, on_delta=stream, request_id=args.request_id,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, retrieval_mode=args.retrieval, decoding_mode=args.mode)
+        rclpy.spin_until_future_complete(node, future)  # the client bounds the wait itself
+        answer = future.result()
+        if stream is not None and answer.text.startswith(streamed := "".join(future.deltas())):
+            sys.stdout.write(answer.text[len(streamed):])  # whatever the stream missed
     finally:
-        result["chunks"] = len(deltas) + (1 if final.is_set() else 0)
         node.destroy_node()
         rclpy.try_shutdown()
     if args.json:
+        result = dataclasses.asdict(answer)
+        result.pop("timed_out")
         print(json.dumps(result, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
-        if not result["success"]:
-            print(f"hola-ros ask: {result['error']}", file=sys.stderr)
-    return code
+        if not answer.success:
+            print(f"hola-ros ask: {answer.error}", file=sys.stderr)
+    return 0 if answer.success else EXIT_TIMEOUT if answer.timed_out else EXIT_FAILED

@@ -1,6 +1,6 @@
 """hola-ros bench-transport: what running HOLA as three ROS 2 processes costs, measured side by
-side in one run: the draft protocol's round trip (in-process call vs /hola/draft) and the same
-requests answered in-process vs through the node graph (/hola/ask)."""
+side in one run: the draft protocol's round trip (in-process call vs hola/draft) and the same
+requests answered in-process vs through the node graph (hola/ask)."""
 
 PROMPTS = [
     ("The robot shows error E-214. What should I do?", "auto"),
@@ -54,6 +54,7 @@ def run(args) -> int:
     from hola_ros.core.requests import GenerationRequest
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
     from hola_ros.core.retrieval.ingest import demo_kb_dir
+    from hola_ros.interfaces import ASK, DRAFT
     from hola_ros.local_graph import LocalGraph, wait_future
     from hola_ros.srv import Ask, Draft
 
@@ -91,7 +92,7 @@ def run(args) -> int:
         graph = LocalGraph(Path(tmp))
         try:
             graph.wait_active()
-            draft = graph.node.create_client(Draft, "/hola/draft")
+            draft = graph.node.create_client(Draft, DRAFT)
             draft.wait_for_service(timeout_sec=60)
             wait_future(draft.call_async(Draft.Request(op=Draft.Request.OPEN, request_id="bench", tokens=prompt_ids)), 30)
             ros = _draft_round_trips(
@@ -99,7 +100,7 @@ def run(args) -> int:
                                                                      tokens=d, max_tokens=8)), 30),
                 prompt_ids, continuation, args.proposals)
             wait_future(draft.call_async(Draft.Request(op=Draft.Request.CLOSE, request_id="bench")), 30)
-            ask = graph.node.create_client(Ask, "/hola/ask")
+            ask = graph.node.create_client(Ask, ASK)
             ask.wait_for_service(timeout_sec=60)
             graph_requests = []
             for text, mode in PROMPTS:

@@ -22,6 +22,7 @@ def run(args) -> int:
     import psutil
     from tqdm import tqdm
 
+    from hola_ros.interfaces import ASK
     from hola_ros.local_graph import LocalGraph, wait_future
     from hola_ros.srv import Ask
 
@@ -35,7 +36,7 @@ def run(args) -> int:
         try:
             graph.wait_active()
             pids = graph.node_pids()
-            client = graph.node.create_client(Ask, "/hola/ask")
+            client = graph.node.create_client(Ask, ASK)
             client.wait_for_service(timeout_sec=60)
             started = time.monotonic()
             total = args.warmup + args.requests

@@ -1,9 +1,11 @@
-"""hola-ros status: the graph's nodes as their telemetry reports them."""
+"""hola-ros status: the graph's nodes as their telemetry (hola/telemetry) reports them."""
 
 
 def register(sub) -> None:
-    parser = sub.add_parser("status", help="show each node's state and resources from /hola/telemetry")
+    parser = sub.add_parser("status", help="show each node's state and resources from hola/telemetry")
     parser.add_argument("--config", help="graph YAML whose nodes to expect (default: the package's)")
+    parser.add_argument("--namespace", default="", help="namespace of the graph (as given to `hola-ros up`)")
+    parser.add_argument("--only", default="", metavar="NODE[,NODE]", help="expect only these nodes of the graph")
     parser.add_argument("--wait", action="store_true", help="wait until every node of the graph is active")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to listen / wait (default 10)")
     parser.add_argument("--json", action="store_true")
@@ -17,15 +19,21 @@ def run(args) -> int:
 
     import rclpy
 
-    from hola_ros.graph import load_graph
+    from hola_ros.graph import launch_options, load_graph
+    from hola_ros.interfaces import TELEMETRY, TELEMETRY_QOS, resolve
     from hola_ros.msg import Telemetry
     from hola_ros.nodes.convert import msg_to_dict
 
-    expected = {n.name for n in load_graph(args.config).nodes}
+    try:
+        options = launch_options(load_graph(args.config), args.namespace, only=args.only)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"hola-ros status: {exc}")
+    expected = {n.name for n in options.nodes}
     rclpy.init()
     node = rclpy.create_node(f"hola_status_{os.getpid()}")
     latest: dict[str, Telemetry] = {}
-    node.create_subscription(Telemetry, "/hola/telemetry", lambda m: latest.__setitem__(m.node, m), 50)
+    node.create_subscription(Telemetry, resolve(TELEMETRY, options.namespace),
+                             lambda m: latest.__setitem__(m.node, m), TELEMETRY_QOS)
 
     def ready() -> bool:
         return all(name in latest and latest[name].state == "active" for name in expected)

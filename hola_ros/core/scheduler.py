@@ -88,6 +88,13 @@ class Scheduler:
     def active(self) -> int:
         return len(self._running)
 
+    def set_queue_size(self, queue_size: int) -> None:
+        """A new bound for later submissions; jobs already queued beyond it stay queued."""
+        if queue_size < 0:
+            raise ValueError("queue_size must be >= 0")
+        with self._cv:
+            self._queue_size = queue_size
+
     def submit(self, job: Job) -> None:
         with self._cv:
             if self._stopping:

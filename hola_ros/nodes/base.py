@@ -1,64 +1,80 @@
-"""What every hola_ros node shares: lifecycle with autostart, telemetry, parameter checks."""
+"""What every hola_ros node shares: lifecycle with autostart, telemetry, declared parameters."""
 import math
 import socket
 import sys
 import time
 import uuid
-from typing import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
+from std_msgs.msg import Header
 
+from hola_ros.interfaces import DIAGNOSTICS, TELEMETRY, TELEMETRY_QOS
 from hola_ros.msg import Telemetry
+from hola_ros.nodes.params import START, Param
 from hola_ros.resources import ResourceSampler
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+# service handlers never block an executor thread (the gateway awaits its jobs), so a few serve
+# lifecycle, parameter, service and client traffic at once
+EXECUTOR_THREADS = 4
+
+COMMON_PARAMS = {
+    "autostart": Param(True, "configure and activate the node when its process starts", applies=START),
+    "telemetry_rate_hz": Param(1.0, "rate of hola/telemetry and /diagnostics", range=(0.01, 100.0)),
+}
 
 
 class HolaNode(LifecycleNode):
-    """Subclasses declare parameters (with checks) and implement activate_resources /
+    """Subclasses declare their parameters and implement activate_resources /
     deactivate_resources (load / free models, create / destroy their services) and
     telemetry_figures."""
 
-    def __init__(self, name: str, role: str, params: dict, checks: dict[str, tuple[Callable, str]] | None = None):
-        super().__init__(name)
+    def __init__(self, name: str, role: str, params: dict[str, Param], **node_options):
+        super().__init__(name, **node_options)
         self.role, self.instance_id = role, uuid.uuid4().hex
-        self._checks = {"telemetry_rate_hz": (lambda v: 0 < v <= 100, "must be in (0, 100]"), **(checks or {})}
-        self.declare_parameter("autostart", True)
-        self.declare_parameter("telemetry_rate_hz", 1.0)
-        for key, value in params.items():
-            self.declare_parameter(key, value)
-        self.add_on_set_parameters_callback(self._check_parameters)
         self.state_label = "unconfigured"
+        self._params = {**COMMON_PARAMS, **params}
+        # registered first, so values from parameter files are checked at declaration like later sets
+        self.add_on_set_parameters_callback(self._check_parameters)
+        for key, spec in self._params.items():
+            self.declare_parameter(key, spec.default, spec.descriptor(key))
         self._sampler = ResourceSampler()
         self._hostname = socket.gethostname()
-        self._telemetry_pub = self.create_publisher(Telemetry, "/hola/telemetry", 10)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._telemetry_pub = self.create_publisher(Telemetry, TELEMETRY, TELEMETRY_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS, 10)
         self._telemetry_timer = self.create_timer(1.0 / self.param("telemetry_rate_hz"), self._publish_telemetry)
+        self.add_post_set_parameters_callback(self._parameters_set)
 
     def param(self, name: str):
         return self.get_parameter(name).value
 
     def _check_parameters(self, params) -> SetParametersResult:
+        active = self.state_label == "active"
         for p in params:
-            check = self._checks.get(p.name)
-            if check is not None and not _safe(check[0], p.value):
-                return SetParametersResult(successful=False, reason=f"{p.name}={p.value!r}: {check[1]}")
-            if p.name == "telemetry_rate_hz" and hasattr(self, "_telemetry_timer"):
-                self._telemetry_timer.timer_period_ns = int(1e9 / p.value)
+            spec = self._params.get(p.name)
+            current = self.param(p.name) if self.has_parameter(p.name) else None
+            reason = spec and spec.refusal(p.name, p.value, current, active)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
-    # lifecycle: configure only checks parameters; activate loads, deactivate frees.
+    def _parameters_set(self, params) -> None:
+        names = {p.name for p in params}
+        if "telemetry_rate_hz" in names:
+            self._telemetry_timer.timer_period_ns = int(1e9 / self.param("telemetry_rate_hz"))
+        self.parameters_changed(names)
+
+    def parameters_changed(self, names: set[str]) -> None:
+        """Apply live parameters that are not simply read where they are used."""
+
+    # lifecycle: parameters were checked when set; activate loads, deactivate frees.
     def on_configure(self, state) -> TransitionCallbackReturn:
-        bad = [f"{name}={self.param(name)!r}: {why}" for name, (ok, why) in self._checks.items()
-               if not _safe(ok, self.param(name))]
-        if bad:
-            self.get_logger().error("invalid parameters: " + "; ".join(bad))
-            return FAILURE
         self.state_label = "inactive"
         return SUCCESS
 
@@ -75,8 +91,8 @@ class HolaNode(LifecycleNode):
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self.deactivate_resources()
         self.state_label = "inactive"
+        self.deactivate_resources()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
@@ -95,9 +111,6 @@ class HolaNode(LifecycleNode):
     def deactivate_resources(self) -> None:
         raise NotImplementedError
 
-    def executor_threads(self) -> int:
-        return 4
-
     def telemetry_figures(self) -> dict:
         """Node-specific Telemetry fields (tokens_per_s, queue_depth, requests_served, ...)."""
         return {}
@@ -111,17 +124,11 @@ class HolaNode(LifecycleNode):
                 setattr(msg, key, type(getattr(msg, key))(value))
         self._telemetry_pub.publish(msg)
         level = DiagnosticStatus.OK if self.state_label == "active" else DiagnosticStatus.WARN
-        status = DiagnosticStatus(level=level, name=f"hola_ros: {self.get_name()}", hardware_id=self._hostname,
-                                  message=self.state_label,
+        # /diagnostics is shared by every robot of the domain: name the node with its namespace
+        status = DiagnosticStatus(level=level, name=f"hola_ros: {self.get_fully_qualified_name().lstrip('/')}",
+                                  hardware_id=self._hostname, message=self.state_label,
                                   values=[KeyValue(key=k, value=_fmt(v)) for k, v in sorted(figures.items())])
-        self._diagnostics_pub.publish(DiagnosticArray(header=_header(msg.stamp), status=[status]))
-
-
-def _safe(check: Callable, value) -> bool:
-    try:
-        return bool(check(value))
-    except Exception:
-        return False
+        self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=msg.stamp), status=[status]))
 
 
 def _fmt(value) -> str:
@@ -130,17 +137,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _header(stamp):
-    from std_msgs.msg import Header
-
-    return Header(stamp=stamp)
-
-
 def run_node(node_class) -> int:
     """Process entry point: build the node, configure + activate it when autostart is set, spin."""
     rclpy.init(args=sys.argv)
-    node = node_class()
-    executor = MultiThreadedExecutor(num_threads=node.executor_threads())
+    try:
+        node = node_class()
+    except ParameterException as exc:  # a bad value in a parameters file: say which, do not crash
+        rclpy.logging.get_logger(node_class.__name__).fatal(f"invalid parameter: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     executor.add_node(node)
     try:
         if node.param("autostart"):

@@ -1,76 +1,55 @@
 """The verifier's view of the other nodes: the engine's Drafter protocol and retrieve() call over
-ROS services, each call with a deadline, so a missing node means degraded service, never a hang."""
+ROS services, each call with a deadline, so a missing node means degraded service, never a hang.
+
+The calls are made from the gateway's worker threads; the replies are taken by the gateway's own
+executor (its handlers never block, so a thread is always free for them)."""
 import json
 import threading
 import time
-
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from typing import Callable
 
 from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
+from hola_ros.interfaces import DRAFT, RETRIEVE
 from hola_ros.srv import Draft, Retrieve
 
 POLL_S = 0.05
 GONE_GRACE_S = 0.5  # a server that left the graph (deactivated, killed) will not answer
 
 
-class ClientNode:
-    """A plain node with its own executor thread: replies to our calls are processed even while
-    every thread of the gateway's executor is blocked serving requests."""
-
-    def __init__(self, context_node_name: str):
-        import rclpy
-
-        # not the process's --ros-args: a global __node:= remap would give it the gateway's name
-        self.node = rclpy.create_node(context_node_name, use_global_arguments=False)
-        self._executor = SingleThreadedExecutor()
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, name=f"{context_node_name}-spin", daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self._executor.spin()
-        except ExternalShutdownException:  # SIGINT/SIGTERM: the process is stopping
-            pass
-
-    def call(self, client, request, timeout_s: float):
-        """The response, or None when the service is absent, leaves, or misses the deadline."""
-        if not client.service_is_ready():
+def call_with_deadline(client, request, timeout_s: float):
+    """The response, or None when the service is absent, leaves, or misses the deadline."""
+    if not client.service_is_ready():
+        return None
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _f: done.set())
+    deadline = time.monotonic() + timeout_s
+    gone_since = None
+    while not done.wait(min(POLL_S, max(0.0, deadline - time.monotonic()))):
+        now = time.monotonic()
+        if client.service_is_ready():
+            gone_since = None
+        else:
+            gone_since = gone_since or now
+        if now >= deadline or (gone_since is not None and now - gone_since >= GONE_GRACE_S):
+            client.remove_pending_request(future)
             return None
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _f: done.set())
-        deadline = time.monotonic() + timeout_s
-        gone_since = None
-        while not done.wait(min(POLL_S, max(0.0, deadline - time.monotonic()))):
-            now = time.monotonic()
-            if client.service_is_ready():
-                gone_since = None
-            else:
-                gone_since = gone_since or now
-            if now >= deadline or (gone_since is not None and now - gone_since >= GONE_GRACE_S):
-                client.remove_pending_request(future)
-                return None
-        return future.result()
-
-    def close(self) -> None:
-        self._executor.shutdown(timeout_sec=2)
-        self.node.destroy_node()
+    return future.result()
 
 
 class RemoteDrafter:
-    """protocol.Drafter over /hola/draft."""
+    """protocol.Drafter over hola/draft; `timeout_s()` is read at every call (a live parameter)."""
 
-    def __init__(self, clients: ClientNode, timeout_s: float, service: str = "/hola/draft"):
-        self._clients = clients
-        self._client = clients.node.create_client(Draft, service)
+    def __init__(self, node, timeout_s: Callable[[], float], callback_group):
+        self._client = node.create_client(Draft, DRAFT, callback_group=callback_group)
         self._timeout_s = timeout_s
 
     def _call(self, op: int, request_id: str, tokens=(), max_tokens: int = 0):
         request = Draft.Request(op=op, request_id=request_id, tokens=[int(t) for t in tokens], max_tokens=max_tokens)
-        response = self._clients.call(self._client, request, self._timeout_s)
+        timeout = self._timeout_s()
+        response = call_with_deadline(self._client, request, timeout)
         if response is None:
-            raise DrafterUnavailable(f"drafter did not answer within {self._timeout_s:.1f} s")
+            raise DrafterUnavailable(f"drafter did not answer within {timeout:.1f} s")
         if not response.success:
             raise DrafterUnavailable(f"drafter error: {response.error}")
         return response
@@ -95,20 +74,20 @@ class RetrieverUnavailable(RuntimeError):
 
 
 class RemoteRetriever:
-    """retrieve(query, mode, budget) -> RetrievalDecision over /hola/retrieve."""
+    """retrieve(query, mode, budget) -> RetrievalDecision over hola/retrieve."""
 
-    def __init__(self, clients: ClientNode, timeout_s: float, service: str = "/hola/retrieve"):
-        self._clients = clients
-        self._client = clients.node.create_client(Retrieve, service)
+    def __init__(self, node, timeout_s: Callable[[], float], callback_group):
+        self._client = node.create_client(Retrieve, RETRIEVE, callback_group=callback_group)
         self._timeout_s = timeout_s
 
     def __call__(self, query: str, mode: str, budget: int | None = None):
         from hola_ros.core.retrieval.adacomp import Passage, RetrievalDecision
 
         request = Retrieve.Request(query=query, mode=mode, budget_tokens=-1 if budget is None else int(budget))
-        response = self._clients.call(self._client, request, self._timeout_s)
+        timeout = self._timeout_s()
+        response = call_with_deadline(self._client, request, timeout)
         if response is None:
-            raise RetrieverUnavailable(f"retriever did not answer within {self._timeout_s:.1f} s")
+            raise RetrieverUnavailable(f"retriever did not answer within {timeout:.1f} s")
         if not response.success:
             raise RetrieverUnavailable(f"retriever error: {response.error}")
         return RetrievalDecision(level=int(response.level), score=float(response.complexity_score),

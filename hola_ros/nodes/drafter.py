@@ -1,5 +1,5 @@
 """Drafter node: HSD levels 0 (n-gram over prompt + passages + output) and 1 (a cheap model with
-the target's tokenizer) behind /hola/draft. State is per request id, freed on CLOSE, and the
+the target's tokenizer) behind hola/draft. State is per request id, freed on CLOSE, and the
 oldest open requests are evicted beyond max_open_requests (a verifier that died never closes)."""
 import collections
 import gc
@@ -8,30 +8,29 @@ import threading
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from hola_ros.core.engines import BACKENDS, DEVICES
+from hola_ros.interfaces import DRAFT
 from hola_ros.nodes.base import HolaNode, run_node
+from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Draft
 
 PARAMS = {
-    "ngram": True,          # level 0
-    "l1_model": "",         # level 1: model spec (packaged name | .gguf | HF dir) or Lo-Bi artifact dir; empty: off
-    "backend": "auto",      # auto (onnxruntime for GGUFs) | onnxruntime | torch | tensorrt
-    "device": "cpu",        # cpu | cuda | auto
-    "dtype": "float32",
-    "threads": 2,
-    "max_open_requests": 32,
-}
-CHECKS = {
-    "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
-    "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
-    "max_open_requests": (lambda v: 1 <= v <= 10000, "must be in [1, 10000]"),
+    "ngram": Param(True, "level 0: n-gram / prompt-lookup drafts over prompt, passages and output",
+                   applies=ACTIVATION),
+    "l1_model": Param("", "level 1: a model with the target's tokenizer (packaged name, Hugging Face directory, "
+                      ".gguf) or a Lo-Bi artifact directory; empty: off", applies=ACTIVATION),
+    "backend": Param("auto", "engine of the level-1 model: auto (onnxruntime for GGUFs), onnxruntime, torch, "
+                     "tensorrt (Lo-Bi artifacts)", choices=BACKENDS, applies=ACTIVATION),
+    "device": Param("cpu", "device of the level-1 model", choices=DEVICES, applies=ACTIVATION),
+    "dtype": Param("float32", "dtype of the level-1 model", choices=DTYPES, applies=ACTIVATION),
+    "threads": Param(2, "CPU threads of the level-1 model", range=(1, 256), applies=ACTIVATION),
+    "max_open_requests": Param(32, "open request states kept; the oldest are evicted beyond it",
+                               range=(1, 10000)),
 }
 
 
 class DrafterNode(HolaNode):
-    def __init__(self):
-        super().__init__("hola_drafter", "drafter", PARAMS, CHECKS)
+    def __init__(self, **node_options):
+        super().__init__("hola_drafter", "drafter", PARAMS, **node_options)
         self._drafter = self._srv = None
         self._open: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -45,7 +44,7 @@ class DrafterNode(HolaNode):
         model = load_engine(spec, backend=self.param("backend"), dtype=self.param("dtype"), threads=self.param("threads"),
                             device=self.param("device")) if spec else None
         self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
-        self._srv = self.create_service(Draft, "/hola/draft", self._on_draft,
+        self._srv = self.create_service(Draft, DRAFT, self._on_draft,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 
     def deactivate_resources(self) -> None:

