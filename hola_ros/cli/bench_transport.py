@@ -49,7 +49,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from hola_ros.core.drafters import LocalDrafter
-    from hola_ros.core.models import load_model
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import TEST_MODEL
     from hola_ros.core.pipeline import answer
     from hola_ros.core.requests import GenerationRequest
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
@@ -60,7 +61,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = load_model()
+    target = load_engine()  # the graph's default served model
     passage = (demo_kb_dir() / "04-error-codes.md").read_text()
     prompt_ids = target.chat_ids([{"role": "user", "content": f"{passage}\n\nWhich code means the scanner is dirty?"}])
     continuation = target.encode(passage)
@@ -72,7 +73,7 @@ def run(args) -> int:
     local.close("bench")
 
     # B. the same requests in-process (target + drafter + retriever in this process)
-    gate = load_model(packed=False)
+    gate = load_engine(TEST_MODEL, backend="torch", packed=False)  # the retriever's default gate LM
     retriever = AdaCompRetriever(default_index_dir(), gate_model=gate, count_tokens=lambda t: len(gate.encode(t)))
 
     def request(text, mode):
