@@ -12,7 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from hola_ros.core.retrieval.adacomp import (  # noqa: E402
     AdaCompRetriever, Passage, RetrievalDecision, fit_budget, gather_context, lm_follow_up)
 from hola_ros.core.retrieval.gate import query_gradient  # noqa: E402
-from hola_ros.core.retrieval.prompting import NOT_IN_DOCUMENTS, compose_messages, context_block  # noqa: E402
+from hola_ros.core.retrieval.prompting import (  # noqa: E402
+    NOT_IN_DOCUMENTS, compose_messages, context_block, source_note)
 
 KB_QUERY = "Which charging docks are the fast chargers?"
 
@@ -209,11 +210,11 @@ def test_level_two_with_an_lm_written_follow_up(retriever, tiny_lm):
     assert d.retrievals in (1, 2) and d.context_tokens <= 384
 
 
-def test_compose_messages_grounds_names_sources_and_says_when_documents_are_silent():
+def test_compose_messages_grounds_and_says_when_documents_are_silent():
     ps = [Passage("CD-1 and CD-2 are fast chargers.", "faq.md", 0.7)]
     msgs = compose_messages("Which dock is fastest?", ps)
     assert [m["role"] for m in msgs] == ["system", "user"]
-    assert NOT_IN_DOCUMENTS in msgs[0]["content"] and "square brackets" in msgs[0]["content"]
+    assert NOT_IN_DOCUMENTS in msgs[0]["content"] and "only the documents" in msgs[0]["content"]
     assert "[faq.md]\nCD-1 and CD-2 are fast chargers." in msgs[1]["content"]
     assert msgs[1]["content"].endswith("Question: Which dock is fastest?")
     assert compose_messages("Hi", [], grounded=False) == [{"role": "user", "content": "Hi"}]
@@ -221,3 +222,30 @@ def test_compose_messages_grounds_names_sources_and_says_when_documents_are_sile
     assert "no document matched" in nothing[1]["content"]
     d = RetrievalDecision(0, float("nan"))
     assert json.loads(json.dumps(d.to_dict()))["score"] is None
+
+
+def test_source_note_names_the_passage_the_answer_draws_on():
+    ps = [Passage("# Charging docks\nA robot that fails to dock three times raises E-214.", "02-charging-docks.md", 0.6),
+          Passage("| E-214 | docking failed three times | clean the dock contact plates |", "04-error-codes.md", 0.5)]
+    assert source_note("Clean the dock contact plates.", ps) == " [04-error-codes.md]"
+    assert source_note(NOT_IN_DOCUMENTS, ps) == ""  # a refusal cites nothing
+    assert source_note("See [02-charging-docks.md].", ps) == ""  # already named
+    assert source_note("Bonjour !", ps) == "" and source_note("Clean it.", []) == ""
+
+
+def test_the_default_retriever_serves_without_torch(tmp_path):
+    """What the retriever node runs with its default parameters: no LM, no torch in the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import hola_ros.nodes.retriever\n"
+            "from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir\n"
+            "from hola_ros.core.retrieval.embedder import Embedder\n"
+            "e = Embedder.shared(backend='auto')\n"
+            "d = AdaCompRetriever(default_index_dir(e), embedder=e).retrieve('The robot shows error E-214.')\n"
+            "print(e.backend, d.detail['gate'], 'torch' in sys.modules, '| E-214 |' in str(d.passages))\n")
+    env = dict(os.environ, HOLA_ROS_CACHE=str(tmp_path))  # the demo index is built in this process too
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["onnxruntime", "evidence", "False", "True"]

@@ -9,7 +9,7 @@ import time
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
-from hola_ros.core.retrieval.prompting import ANSWER_STOPS, compose_messages, follow_up_messages
+from hola_ros.core.retrieval.prompting import ANSWER_STOPS, compose_messages, follow_up_messages, source_note
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -65,6 +65,12 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
                               mode=request.decoding_mode, **(generation_options or {}))
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
                       request_id=request.request_id, on_block=on_block, should_stop=should_stop)
+    text = result.text
+    note = source_note(text, passages) if grounded and result.stop_reason != "cancelled" else ""
+    if note:  # the answer names the document it draws on; streamed like the rest of the answer
+        text += note
+        if on_block is not None:
+            on_block([], note)
     flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
     degraded = bool(stats["degraded"] or result.stats.get("degraded"))
     stats.update(result.stats)
@@ -72,5 +78,5 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
                  stop_reason=result.stop_reason, decoding_mode=result.stats.get("mode", request.decoding_mode),
                  total_s=time.monotonic() - started)
     if result.stop_reason == "cancelled":
-        return Outcome(False, "cancelled", text=result.text, stats=stats)
-    return Outcome(True, text=result.text, stats=stats)
+        return Outcome(False, "cancelled", text=text, stats=stats)
+    return Outcome(True, text=text, stats=stats)

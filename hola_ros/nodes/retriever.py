@@ -59,13 +59,15 @@ class RetrieverNode(HolaNode):
                                    threads=self.param("threads"))
         if embedder.fallback_reason:
             self.get_logger().warning(embedder.fallback_reason)
+        # the demo index is built in a child process: the embedding peak never lands in this one
+        index_dir = Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(embedder, True)
         self._retriever = AdaCompRetriever(
-            Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(embedder),
-            embedder=embedder, gate_model=self._gate_model(), thresholds=_thresholds(self.param("thresholds_file")),
-            budget_tokens=self.param("budget_tokens"), top_k=self.param("top_k"))
+            index_dir, embedder=embedder, gate_model=self._gate_model(),
+            thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
+            top_k=self.param("top_k"))
         self._retriever.retrieve("warm-up query", mode="auto")  # first-call costs before the first request
-        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}, "
-                               f"gate {'gradient on ' + self.param('gate_model') if self.param('gate_model') else 'evidence'}")
+        gate = f"gradient on {self.param('gate_model')}" if self.param("gate_model") else "evidence"
+        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}, gate {gate}")
         self._srv = self.create_service(Retrieve, "/hola/retrieve", self._on_retrieve,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 

@@ -101,6 +101,32 @@ def trim_passage(p: Passage, room: int, count_tokens: Callable[[str], int], quer
     return best if best is not None and len(keep) < len(parts.units) else None
 
 
+def focus_rows(passages: list[Passage], query: str) -> tuple[list[Passage], list[dict]]:
+    """When the query names identifiers (E-305, CD-5) that table rows of the passages hold, every
+    table keeps only those rows, each row once: the model reads the row it was asked about, not its
+    neighbours. Prose stays; a passage left with nothing is dropped. Returns (passages, dropped)."""
+    wanted = set(lexical.identifiers(query))
+    split = [(p, split_units(p.text)) for p in passages]
+    if not wanted or not any(u.table is not None and wanted & set(lexical.terms(u.text))
+                             for _, parts in split for u in parts.units):
+        return passages, []
+    out, dropped, shown = [], [], set()
+    for p, parts in split:
+        keep = [i for i, u in enumerate(parts.units) if u.table is None
+                or (wanted & set(lexical.terms(u.text)) and (p.source, u.text) not in shown)]
+        shown |= {(p.source, parts.units[i].text) for i in keep if parts.units[i].table is not None}
+        left_out = len(parts.units) - len(keep)
+        if not keep:
+            dropped.append({"source": p.source, "reason": "no row with the query's identifiers"})
+        elif left_out:
+            out.append(Passage(join_units(parts, keep), p.source, p.score, 0, True))
+            dropped.append({"source": p.source, "reason": "rows without the query's identifiers",
+                            "units_dropped": left_out})
+        else:
+            out.append(p)
+    return out, dropped
+
+
 def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str], int], query: str = "",
                min_tokens: int = MIN_TRIMMED_TOKENS) -> tuple[list[Passage], list[dict]]:
     """Passages in order while they fit; one that does not is trimmed to whole units (if at least
@@ -172,8 +198,9 @@ class AdaCompRetriever:
 
         t0 = time.perf_counter()
         fused, timings = self._search(query)
-        chosen = self._select(fused)
+        chosen, focused = focus_rows(self._select(fused), query)
         passages, dropped = fit_budget(chosen, budget, self.count_tokens, query)
+        dropped = focused + dropped
         t1 = time.perf_counter()
         evidence = self._evidence(query, fused, passages)
         detail.update(similarity={"top": max((c.dense for c in fused), default=0.0),
@@ -184,7 +211,8 @@ class AdaCompRetriever:
                       dropped=dropped)
         score, level = self._decide(mode, query, evidence, detail)
         if level == 2 and evidence["missing"]:  # first of two steps: half the budget, room for the follow-up
-            passages, detail["dropped"] = fit_budget(chosen, budget // 2, self.count_tokens, query)
+            passages, dropped = fit_budget(chosen, budget // 2, self.count_tokens, query)
+            detail["dropped"] = focused + dropped
         timings["gate_ms"] = (time.perf_counter() - t1) * 1e3
         timings["select_ms"] = (t1 - t0) * 1e3 - timings["embed_ms"] - timings["search_ms"]
         detail["thresholds"] = {k: self.thresholds[k] for k in

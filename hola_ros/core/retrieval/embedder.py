@@ -178,6 +178,9 @@ class Embedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (all cores)
         options.inter_op_num_threads = 1
+        # no arena: a batch of long passages (the demo index built at the retriever's first start)
+        # would otherwise keep its peak buffers for the life of the process
+        options.enable_cpu_mem_arena = False
         self._session = ort.InferenceSession(str(ensure_onnx(self.path)), options,
                                              providers=["CPUExecutionProvider"])
 

@@ -1,20 +1,23 @@
-"""Grounded prompts: the model answers from the retrieved documents, names its source, and says
-plainly when the documents do not hold the answer.
+"""Grounded prompts: the model answers from the retrieved documents and says plainly when the
+documents do not hold the answer; the answer names its source.
 
 A request that retrieval decided to ground (level 1 or 2) gets a system prompt with those rules
 and the passages, each under its source name; a level-0 request (the gate found nothing in the
 documents to ground it on: a greeting, arithmetic, general knowledge) goes to the model as the
 plain question. `ANSWER_STOPS` end a grounded answer where small models start a new, invented
 exchange instead of stopping (the loop seen with SmolLM2), so those tokens are never spent.
+
+Asked to cite in the text, the 0.5B model answered with the bracketed name alone or lost the fact
+(docs/retrieval.md), so the source is not the model's job: `source_note` names the passage the
+answer draws on (the one sharing the most terms with it), and the pipeline appends it.
 """
 from __future__ import annotations
 
 NOT_IN_DOCUMENTS = "The documents do not say."
 SYSTEM_PROMPT = (
-    "You answer questions using only the documents given with the question. "
-    "Answer in one or two short sentences and copy codes, figures and units exactly as the documents give them. "
-    "After the answer, name the document you used in square brackets, for example [04-error-codes.md]. "
-    f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}")
+    "You answer questions about the robots and the site they work in, using only the documents given with "
+    "the question. Give a short answer and copy codes, figures and units exactly as the documents write them. "
+    f"Do not guess: if no document states the answer, reply only: {NOT_IN_DOCUMENTS}")
 NO_DOCUMENTS = "(no document matched the question)"
 # where a grounded answer is over: the model starts another question, document or turn
 ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
@@ -51,3 +54,18 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer.encode(text, add_special_tokens=False))
     return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+
+
+def source_note(answer: str, passages) -> str:
+    """" [source.md]" for the passage the answer shares the most terms with; "" when the answer
+    says the documents do not hold it, shares no term with any passage, or names a source itself."""
+    from .lexical import terms
+
+    if not passages or NOT_IN_DOCUMENTS.lower().rstrip(".") in answer.lower():
+        return ""
+    if any(p.source.lower() in answer.lower() for p in passages):
+        return ""
+    said = set(terms(answer))
+    overlap = [len(said & set(terms(p.text))) for p in passages]
+    best = max(range(len(passages)), key=lambda i: (overlap[i], -i))
+    return f" [{passages[best].source}]" if overlap[best] else ""
