@@ -214,7 +214,7 @@ def test_compose_messages_grounds_and_says_when_documents_are_silent():
     ps = [Passage("CD-1 and CD-2 are fast chargers.", "faq.md", 0.7)]
     msgs = compose_messages("Which dock is fastest?", ps)
     assert [m["role"] for m in msgs] == ["system", "user"]
-    assert NOT_IN_DOCUMENTS in msgs[0]["content"] and "only the documents" in msgs[0]["content"]
+    assert NOT_IN_DOCUMENTS in msgs[0]["content"] and "using the documents" in msgs[0]["content"]
     assert "[faq.md]\nCD-1 and CD-2 are fast chargers." in msgs[1]["content"]
     assert msgs[1]["content"].endswith("Question: Which dock is fastest?")
     assert compose_messages("Hi", [], grounded=False) == [{"role": "user", "content": "Hi"}]

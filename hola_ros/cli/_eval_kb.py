@@ -37,7 +37,7 @@ def run_kb(args) -> int:
                                  gate_model=args.gate_model, max_new_tokens=args.max_new_tokens or 96,
                                  budget_tokens=args.budget_tokens, thresholds=args.thresholds,
                                  threads=args.threads, limit=args.limit,
-                                 out=args.out or ("results/eval/kb-retrieval" if args.retrieval_only else "results/eval/kb"))
+                                 out=args.out or "results/eval/kb" + ("-retrieval" if args.retrieval_only else ""))
         items = kb.load_items(args.data, settings.split)[:args.limit]
         check_run(settings.out, settings)
     except (ValueError, FileNotFoundError) as exc:

@@ -174,7 +174,8 @@ def context_text(stats: dict) -> str:
     return "\n\n".join(s["text"] for s in stats.get("sources", []))
 
 
-def row_for(config: str, item: KBItem, stats: dict, text: str | None, ok: bool = True, error: str | None = None) -> dict:
+def row_for(config: str, item: KBItem, stats: dict, text: str | None, ok: bool = True,
+            error: str | None = None) -> dict:
     sources = [s["source"] for s in stats.get("sources", [])]
     found = facts_found(item, context_text(stats))
     row = {"config": config, "id": item.id, "kind": item.kind, "question": item.question,

@@ -51,7 +51,8 @@ def measure(items: list[kb.KBItem], index_dir, gate=None, budget_tokens: int | N
         single = retrievers[SHARES[0]].retrieve(item.question, "single")
         ev = single.detail["evidence"]
         row = {"id": item.id, "kind": item.kind, "question": item.question, "top_sim": ev["top_sim"],
-               "known": ev["known"], "phrases": ev["phrases"], "identifiers": ev["identifiers"], "recall1": _recall(item, single),
+               "known": ev["known"], "phrases": ev["phrases"], "identifiers": ev["identifiers"],
+               "recall1": _recall(item, single),
                "missing": {}, "recall2": {}}
         for share, r in retrievers.items():
             multi = gather_context(item.question, "multi", r.retrieve, follow_up=None)
