@@ -4,6 +4,7 @@ The verifier node runs this with ROS clients as `drafter` / `retrieve`; the CLI 
 benchmarks run it with in-process ones, so both paths share every step.
 """
 import math
+import re
 import time
 
 from hola_ros.core.hsd import GenerationConfig, generate
@@ -24,6 +25,49 @@ def follow_up_query(target, question: str, passages) -> str:
     return lines[0] if lines else question
 
 
+class RepetitionGuard:
+    """Ends an answer that loops: small models repeat a sentence until the token limit (SmolLM2 on
+    the demo question: "The code should be 1." twenty times). A sentence of at least
+    `min_chars` characters seen `times` times trips it."""
+
+    def __init__(self, times: int = 3, min_chars: int = 12):
+        self.times, self.min_chars = times, min_chars
+        self.text, self.tripped = "", False
+
+    def feed(self, text: str) -> None:
+        self.text += text
+        counts: dict[str, int] = {}
+        for sentence in re.split(r"(?<=[.!?\n])\s+", self.text)[:-1]:  # the last one may be unfinished
+            sentence = sentence.strip()
+            if len(sentence) >= self.min_chars:
+                counts[sentence] = counts.get(sentence, 0) + 1
+                self.tripped = self.tripped or counts[sentence] >= self.times
+
+
+def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tuple[list, bool]:
+    """(passages, grounded) for the request; a failing retriever leaves the answer ungrounded, flagged."""
+    if request.retrieval_mode == "off":
+        return [], False
+    if retrieve is None:
+        if request.retrieval_mode != "auto":
+            stats["flags"].append("retriever_unavailable")
+            stats["degraded"] = True
+        return [], False
+    try:
+        decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
+                                  follow_up=lambda q, found: follow_up_query(target, q, found))
+    except Exception as exc:  # retriever down or failing: answer without it
+        stats["flags"].append("retriever_unavailable")
+        stats["degraded"] = True
+        stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
+        return [], False
+    stats.update(retrieval_level=decision.level, complexity_score=decision.score, retrievals=decision.retrievals,
+                 context_tokens=decision.context_tokens, retrieval_detail=decision.detail,
+                 sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens}
+                          for p in decision.passages])
+    return decision.passages, decision.level > 0
+
+
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
@@ -31,26 +75,7 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
-    passages, grounded = [], False
-    if request.retrieval_mode != "off":
-        if retrieve is None:
-            if request.retrieval_mode != "auto":
-                stats["flags"].append("retriever_unavailable")
-                stats["degraded"] = True
-        else:
-            try:
-                decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
-                                          follow_up=lambda q, found: follow_up_query(target, q, found))
-            except Exception as exc:  # retriever down or failing: answer without it
-                stats["flags"].append("retriever_unavailable")
-                stats["degraded"] = True
-                stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
-            else:
-                passages, grounded = decision.passages, decision.level > 0
-                stats.update(retrieval_level=decision.level, complexity_score=decision.score,
-                             retrievals=decision.retrievals, context_tokens=decision.context_tokens,
-                             sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens} for p in passages],
-                             retrieval_detail=decision.detail)
+    passages, grounded = _retrieval(request, target, retrieve, stats)
     stats["retrieval_s"] = time.monotonic() - started
 
     prompt_ids = target.chat_ids(compose_messages(request.prompt, passages, grounded))
@@ -63,10 +88,19 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                               top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=stop,
                               mode=request.decoding_mode, **(generation_options or {}))
+    guard = RepetitionGuard()
+
+    def block(token_ids, text):
+        guard.feed(text)
+        if on_block is not None:
+            on_block(token_ids, text)
+
+    cancelled = should_stop or (lambda: False)
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
-                      request_id=request.request_id, on_block=on_block, should_stop=should_stop)
+                      request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped)
+    stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
     text = result.text
-    note = source_note(text, passages) if grounded and result.stop_reason != "cancelled" else ""
+    note = source_note(text, passages) if grounded and stop_reason != "cancelled" else ""
     if note:  # the answer names the document it draws on; streamed like the rest of the answer
         text += note
         if on_block is not None:
@@ -74,9 +108,8 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
     degraded = bool(stats["degraded"] or result.stats.get("degraded"))
     stats.update(result.stats)
-    stats.update(flags=flags, degraded=degraded,
-                 stop_reason=result.stop_reason, decoding_mode=result.stats.get("mode", request.decoding_mode),
-                 total_s=time.monotonic() - started)
-    if result.stop_reason == "cancelled":
+    stats.update(flags=flags, degraded=degraded, stop_reason=stop_reason,
+                 decoding_mode=result.stats.get("mode", request.decoding_mode), total_s=time.monotonic() - started)
+    if stop_reason == "cancelled":
         return Outcome(False, "cancelled", text=text, stats=stats)
     return Outcome(True, text=text, stats=stats)
