@@ -1,4 +1,5 @@
-"""Retrieval, step 2: complexity gate, AdaComp decisions, budget fitting, the level-2 loop."""
+"""Retrieval, step 2: hybrid search, gates (evidence and gradient), AdaComp decisions, budget
+fitting by whole units, the level-2 loop, grounded prompts."""
 import json
 import math
 import os
@@ -9,9 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hola_ros.core.retrieval.adacomp import (  # noqa: E402
-    AdaCompRetriever, Passage, RetrievalDecision, compose_messages, context_block, gather_context,
-    lm_follow_up)
+    AdaCompRetriever, Passage, RetrievalDecision, fit_budget, gather_context, lm_follow_up)
 from hola_ros.core.retrieval.gate import query_gradient  # noqa: E402
+from hola_ros.core.retrieval.prompting import (  # noqa: E402
+    NOT_IN_DOCUMENTS, compose_messages, context_block, source_note)
 
 KB_QUERY = "Which charging docks are the fast chargers?"
 
@@ -113,12 +115,59 @@ def test_auto_levels_follow_thresholds(index_dir, tiny_lm):
         level(delta1=0.9, delta2=0.2)
 
 
-def test_similarity_only_gate_without_lm(index_dir):
-    r = AdaCompRetriever(index_dir, gate_model=None, thresholds={"sim_min": 0.3})
+def test_evidence_gate_without_lm(index_dir):
+    r = AdaCompRetriever(index_dir, gate_model=None, thresholds={"sim_min": 0.3, "known_min": 1.01,
+                                                                 "phrases_min": 1, "missing_min": 99})
     kb = r.retrieve(KB_QUERY)
-    assert kb.detail["gate"] == "similarity-only" and kb.level == 1 and math.isnan(kb.score)
+    assert kb.detail["gate"] == "evidence" and kb.level == 1 and math.isnan(kb.score)
+    assert kb.detail["evidence"]["phrases"] >= 1  # "charging dock" is a phrase of the documents
     far = r.retrieve("Who painted the Mona Lisa?")
-    assert far.detail["similarity"]["top"] < 0.3 and far.level == 0 and far.passages == []
+    assert far.detail["evidence"]["top_sim"] < 0.3 and far.level == 0 and far.passages == []
+    code = r.retrieve("E-517?")  # an identifier the index holds grounds the query whatever the similarity
+    assert code.detail["evidence"]["identifiers"] == 1 and code.level == 1
+    unknown = r.retrieve("E-999?")
+    assert unknown.detail["evidence"]["identifiers"] == 0
+
+
+def test_evidence_gate_goes_multi_step_on_missing_specific_terms(index_dir):
+    r = AdaCompRetriever(index_dir, thresholds={"missing_min": 1, "specific_share": 0.2})
+    q = "How long does a Tern T2 take to boot after it is switched on?"
+    d = r.retrieve(q)
+    missing = d.detail["evidence"]["missing"]
+    assert d.level == 2 and missing and d.detail["follow_up_query"] == " ".join(missing)
+    assert d.context_tokens <= r.budget_tokens // 2  # the first step leaves room for the second
+    both = gather_context(q, "auto", r.retrieve, follow_up=lambda q, ps: pytest.fail("the retriever has one"))
+    assert both.retrievals == 2 and both.detail["follow_up"]["by"] == "retriever"
+    assert both.context_tokens <= r.budget_tokens
+
+
+@pytest.mark.parametrize("budget", [200, 384])
+def test_identifier_question_retrieves_the_row_that_holds_it(index_dir, budget):
+    r = AdaCompRetriever(index_dir, thresholds={})
+    for code, meaning in (("E-214", "docking failed three times"), ("E-408", "lift not fully lowered"),
+                          ("E-104", "wheel encoder mismatch")):
+        d = r.retrieve(f"The robot shows error {code}. What should I do?", "single", budget)
+        context = context_block(d.passages)
+        assert f"| {code} | {meaning} |" in context, (budget, code, context)
+        assert "| Code | Meaning | What to do |" in context  # the row comes with its table header
+        assert d.context_tokens <= budget
+
+
+def test_budget_fitting_trims_by_whole_units_and_says_what_it_dropped(index_dir):
+    r = AdaCompRetriever(index_dir, thresholds={})
+    table = next(p for p in r.store.passages if "| E-214 |" in p["text"])
+    whole = Passage(table["text"], "04-error-codes.md", 0.5)
+    other = Passage("# FAQ\nCD-1 and CD-2 are the fast chargers.", "12-faq.md", 0.4)
+    n = r.count_tokens(f"[{whole.source}]\n{whole.text}\n\n")
+    kept, dropped = fit_budget([whole, other], n - 20, r.count_tokens, "What does error E-311 mean?")
+    cut = kept[0]
+    assert cut.trimmed and cut.tokens <= n - 20 and "| E-311 |" in cut.text
+    rows = [line for line in cut.text.split("\n") if line.startswith("| E-")]
+    assert rows and all(line in table["text"].split("\n") for line in rows)  # whole rows only
+    assert dropped[0]["source"] == "04-error-codes.md" and dropped[0]["units_dropped"] >= 1
+    assert [d["reason"] for d in dropped] == ["trimmed to the budget", "budget"]  # no room left for the FAQ
+    assert fit_budget([whole], 10, r.count_tokens) == ([], [{"source": "04-error-codes.md", "reason": "budget",
+                                                             "tokens": n}])
 
 
 @pytest.mark.parametrize("budget", [30, 120, 384])
@@ -126,9 +175,10 @@ def test_passages_fit_the_token_budget(retriever, tiny_lm, budget):
     d = retriever.retrieve(KB_QUERY, mode="single", budget_tokens=budget)
     count = lambda s: len(tiny_lm.tokenizer.encode(s, add_special_tokens=False))  # noqa: E731
     assert d.passages and d.context_tokens == sum(p.tokens for p in d.passages)
-    assert d.context_tokens <= budget and count(context_block(d.passages)) <= budget
+    assert d.context_tokens <= budget
+    assert count(context_block(d.passages)) <= budget + 2 * len(d.passages)  # + the joins between entries
     if budget == 30:
-        assert d.passages[0].trimmed and d.passages[0].text.endswith("...")
+        assert d.passages[0].trimmed and not d.passages[0].text.endswith("...")  # whole units, no ellipsis
     assert retriever.retrieve(KB_QUERY, mode="single", budget_tokens=10).passages == []  # too small to be useful
 
 
@@ -160,12 +210,42 @@ def test_level_two_with_an_lm_written_follow_up(retriever, tiny_lm):
     assert d.retrievals in (1, 2) and d.context_tokens <= 384
 
 
-def test_compose_messages():
+def test_compose_messages_grounds_and_says_when_documents_are_silent():
     ps = [Passage("CD-1 and CD-2 are fast chargers.", "faq.md", 0.7)]
     msgs = compose_messages("Which dock is fastest?", ps)
     assert [m["role"] for m in msgs] == ["system", "user"]
+    assert NOT_IN_DOCUMENTS in msgs[0]["content"] and "using the documents" in msgs[0]["content"]
     assert "[faq.md]\nCD-1 and CD-2 are fast chargers." in msgs[1]["content"]
     assert msgs[1]["content"].endswith("Question: Which dock is fastest?")
-    assert compose_messages("Hi", []) == [{"role": "user", "content": "Hi"}]
+    assert compose_messages("Hi", [], grounded=False) == [{"role": "user", "content": "Hi"}]
+    nothing = compose_messages("Where is CD-7?", [])  # grounded, but nothing matched: the model is told so
+    assert "no document matched" in nothing[1]["content"]
     d = RetrievalDecision(0, float("nan"))
     assert json.loads(json.dumps(d.to_dict()))["score"] is None
+
+
+def test_source_note_names_the_passage_the_answer_draws_on():
+    ps = [Passage("# Charging docks\nA robot that fails to dock three times raises E-214.", "02-charging-docks.md", 0.6),
+          Passage("| E-214 | docking failed three times | clean the dock contact plates |", "04-error-codes.md", 0.5)]
+    assert source_note("Clean the dock contact plates.", ps) == " [04-error-codes.md]"
+    assert source_note(NOT_IN_DOCUMENTS, ps) == ""  # a refusal cites nothing
+    assert source_note("See [02-charging-docks.md].", ps) == ""  # already named
+    assert source_note("Bonjour !", ps) == "" and source_note("Clean it.", []) == ""
+
+
+def test_the_default_retriever_serves_without_torch(tmp_path):
+    """What the retriever node runs with its default parameters: no LM, no torch in the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import hola_ros.nodes.retriever\n"
+            "from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir\n"
+            "from hola_ros.core.retrieval.embedder import Embedder\n"
+            "e = Embedder.shared(backend='auto')\n"
+            "d = AdaCompRetriever(default_index_dir(e), embedder=e).retrieve('The robot shows error E-214.')\n"
+            "print(e.backend, d.detail['gate'], 'torch' in sys.modules, '| E-214 |' in str(d.passages))\n")
+    env = dict(os.environ, HOLA_ROS_CACHE=str(tmp_path))  # the demo index is built in this process too
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["onnxruntime", "evidence", "False", "True"]

@@ -26,7 +26,7 @@ def test_index_cli_builds_appends_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "files added 1, replaced 0, unchanged 1" in printed
     decision = json.loads(printed[printed.index("{"):])
-    assert decision["passages"][0]["source"] == "valve.txt" and decision["detail"]["gate"] == "similarity-only"
+    assert decision["passages"][0]["source"] == "valve.txt" and decision["detail"]["gate"] == "evidence"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["chunking"]["size"] == 50 and len(manifest["sources"]) == 2
 

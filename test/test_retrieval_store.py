@@ -7,7 +7,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from hola_ros.core.retrieval.chunking import ChunkingConfig, chunk_text  # noqa: E402
+from hola_ros.core.retrieval.chunking import (  # noqa: E402
+    ChunkingConfig, chunk_text, join_units, split_sentences, split_units)
 from hola_ros.core.retrieval.ingest import IngestError, default_index_dir, ingest  # noqa: E402
 from hola_ros.core.retrieval.store import IndexStore, StoreError, build_faiss_index, resolve_index_type  # noqa: E402
 
@@ -40,28 +41,75 @@ def top_source(store, embedder, query):
     return store.search(embedder.encode([query]), 1)[0][0].passage["source"]
 
 
-def test_chunking_windows_overlap_and_headings():
-    text = "# Title\n\n## Part\n\n" + " ".join(f"w{i}" for i in range(50))
-    chunks = chunk_text(text, ChunkingConfig(size=20, overlap=5), markdown=True)
-    assert all(c.startswith("Title > Part\n") for c in chunks)
-    bodies = [c.split("\n", 1)[1].split() for c in chunks]
-    assert all(len(b) <= 20 for b in bodies)
-    assert bodies[1][:5] == bodies[0][-5:]  # overlap
-    assert bodies[-1][-1] == "w49"  # nothing lost at the end
-    assert {w for b in bodies for w in b} == {f"w{i}" for i in range(50)}
+TABLE_DOC = """# Codes
+
+Codes have the form E-nnn. They show on the tablet.
+
+| Code | Meaning |
+|---|---|
+""" + "\n".join(f"| E-{i:03d} | fault number {i} of the left drive unit |" for i in range(100, 130)) + """
+
+## Notes
+
+- first item wraps
+  onto a second line.
+- second item. It has two sentences.
+"""
+
+
+def test_chunks_keep_rows_whole_repeat_the_table_header_and_carry_the_heading():
+    chunks = chunk_text(TABLE_DOC, ChunkingConfig(size=40, overlap=10), markdown=True)
+    table = [c for c in chunks if "| E-" in c]
+    assert len(table) > 2  # the table spans several chunks
+    for c in table:
+        lines = c.split("\n")
+        assert lines[0] == "# Codes"
+        header = lines.index("| Code | Meaning |")
+        assert lines[header + 1] == "|---|---|"
+        rows = [line for line in lines if line.startswith("| E-")]
+        assert all(line.endswith("left drive unit |") for line in rows)  # never cut mid-row
+    every_row = {line for c in table for line in c.split("\n") if line.startswith("| E-")}
+    assert len(every_row) == 30  # nothing lost
+    notes = [c for c in chunks if c.startswith("# Codes > Notes")]
+    assert notes == ["# Codes > Notes\n- first item wraps onto a second line.\n- second item. It has two sentences."]
+    prose = chunks[0].split("\n")
+    assert prose[:2] == ["# Codes", "Codes have the form E-nnn. They show on the tablet."]
+
+
+def test_chunks_share_whole_units_and_split_sentences():
+    text = " ".join(f"Sentence number {i} has five words." for i in range(30))
+    chunks = chunk_text(text, ChunkingConfig(size=20, overlap=6), markdown=False)
+    units = [split_sentences(c) for c in chunks]
+    assert all(len(c.split()) <= 20 for c in chunks)
+    assert all(u[-1].endswith("words.") for u in units)  # whole sentences only
+    assert units[1][0] == units[0][-1]  # one shared sentence (6 words fit the overlap)
+    assert {s for u in units for s in u} == {f"Sentence number {i} has five words." for i in range(30)}
+    assert split_sentences("Use e.g. the key. Lift 3.2 m high! Done?") == ["Use e.g. the key.", "Lift 3.2 m high!",
+                                                                          "Done?"]
     with pytest.raises(ValueError, match="overlap"):
         ChunkingConfig(size=20, overlap=20)
+
+
+def test_split_and_join_units_round_trip_and_keep_headers():
+    chunk = chunk_text(TABLE_DOC, ChunkingConfig(size=60, overlap=0), markdown=True)[1]
+    parts = split_units(chunk)
+    assert parts.heading == "# Codes" and len(parts.headers) == 1
+    assert join_units(parts, range(len(parts.units))) == chunk
+    one = join_units(parts, [len(parts.units) - 1])
+    assert one.split("\n")[:3] == ["# Codes", "| Code | Meaning |", "|---|---|"] and one.count("| E-") == 1
 
 
 def test_ingest_is_idempotent_appends_and_replaces(tmp_path, corpus, embedder):
     idx = tmp_path / "idx"
     first = ingest(idx, [corpus], embedder=embedder)
     assert len(first.added) == 3 and first.total_passages >= 3
-    before = {n: (idx / n).read_bytes() for n in ("index.faiss", "passages.jsonl", "embeddings.npy")}
+    before = {n: (idx / n).read_bytes() for n in ("index.faiss", "passages.jsonl", "embeddings.npy", "manifest.json")}
+    lexical_files = sorted(p.name for p in (idx / "lexical").iterdir())
 
     again = ingest(idx, [corpus], embedder=embedder)
     assert not again.changed and len(again.unchanged) == 3 and again.new_passages == 0
     assert {n: (idx / n).read_bytes() for n in before} == before
+    assert sorted(p.name for p in (idx / "lexical").iterdir()) == lexical_files
 
     (corpus / "new.txt").write_text("The ferry to Puffin Island leaves the harbour at noon on weekdays.")
     appended = ingest(idx, [corpus], embedder=embedder)
@@ -69,6 +117,7 @@ def test_ingest_is_idempotent_appends_and_replaces(tmp_path, corpus, embedder):
     assert appended.total_passages == first.total_passages + 1
     store = IndexStore.load(idx)
     assert top_source(store, embedder, "When does the boat to Puffin Island depart?") == "new.txt"
+    assert store.lexical_search("Puffin ferry", 1)[0].passage["source"] == "new.txt"  # BM25 follows the append
 
     (corpus / "bakery.txt").write_text("The bakery on Mill Street closed in 2019; it is a bookshop now.")
     replaced = ingest(idx, [corpus], embedder=embedder)
@@ -76,6 +125,7 @@ def test_ingest_is_idempotent_appends_and_replaces(tmp_path, corpus, embedder):
     store = IndexStore.load(idx)
     texts = [p["text"] for p in store.passages]
     assert not any("Sourdough" in t for t in texts) and any("bookshop" in t for t in texts)
+    assert store.lexical_search("sourdough", 5) == [] and store.lexical_search("bookshop", 1)
     assert len(store) == store.index.ntotal == store.embeddings.shape[0]
 
     (corpus / "volcano.md").unlink()
@@ -90,7 +140,8 @@ def test_reload_and_query_finds_its_source(tmp_path, corpus, embedder):
     store = IndexStore.load(idx)
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["embedding_model"] == {**manifest["embedding_model"], "name": "all-MiniLM-L6-v2", "dim": 384}
-    assert manifest["chunking"] == {"size": 40, "overlap": 8, "unit": "words"}
+    assert manifest["chunking"] == {"size": 40, "overlap": 8, "unit": "words", "chunker": "structured-1"}
+    assert manifest["format"] == 2 and manifest["lexical"]["library"] == "bm25s"
     assert all(len(s["sha256"]) == 64 for s in manifest["sources"].values())
     assert top_source(store, embedder, "How many stairs does the lamp keeper climb?") == "lighthouse.md"
     assert top_source(store, embedder, "When can I buy sourdough?") == "bakery.txt"
@@ -173,3 +224,25 @@ def test_default_index_dir_builds_once_and_retrieves(tmp_path, monkeypatch, embe
     store = IndexStore.load(d)
     assert top_source(store, embedder, "Which charging docks are the fast chargers?") == "02-charging-docks.md"
     assert top_source(store, embedder, "What does error E-517 mean?") == "04-error-codes.md"
+    lexical = store.lexical_search("What does error E-214 mean?", 3)
+    assert all("E-214" in h.passage["text"] for h in lexical[:2])  # the identifier is one BM25 term
+    assert any("| E-214 |" in h.passage["text"] for h in lexical[:2])
+
+
+def test_an_index_of_an_older_format_is_refused_with_the_command_and_the_demo_index_rebuilds(
+        tmp_path, monkeypatch, corpus, embedder):
+    idx = tmp_path / "idx"
+    ingest(idx, [corpus], embedder=embedder)
+    manifest = json.loads((idx / "manifest.json").read_text())
+    (idx / "manifest.json").write_text(json.dumps(manifest | {"format": 1}))
+    with pytest.raises(StoreError, match=r"format 1 \(word-window chunks and no lexical index\).*--rebuild"):
+        IndexStore.load(idx)
+    with pytest.raises(IngestError, match="--rebuild"):
+        ingest(idx, [corpus], embedder=embedder)
+    assert ingest(idx, [corpus], embedder=embedder, rebuild=True).total_passages == len(IndexStore.load(idx))
+
+    monkeypatch.setenv("HOLA_ROS_CACHE", str(tmp_path / "cache"))
+    demo = default_index_dir()
+    old = json.loads((demo / "manifest.json").read_text())
+    (demo / "manifest.json").write_text(json.dumps(old | {"format": 1}))
+    assert default_index_dir() == demo and IndexStore.load(demo).manifest["format"] == 2

@@ -224,16 +224,17 @@ def bench_em(args, log) -> dict:
     from pathlib import Path
 
     from hola_ros.core.hsd import GenerationConfig, generate
-    from hola_ros.core.models import load_model
+    from hola_ros.core.engines import load_engine
     from hola_ros.core.retrieval import gsm8k
     from hola_ros.core.pipeline import follow_up_query
-    from hola_ros.core.retrieval.adacomp import AdaCompRetriever, compose_messages, gather_context
+    from hola_ros.core.retrieval.adacomp import AdaCompRetriever, gather_context
+    from hola_ros.core.retrieval.prompting import compose_messages
     from hola_ros.core.retrieval.gate import load_thresholds
 
     index_dir, held = gsm8k.build_index(args.data, progress=True)
     items = held[args.offset:args.offset + args.limit]
-    target = load_model(args.model)
-    gate_lm = load_model(args.model, packed=False)  # the gate needs gradients
+    target = load_engine(args.model)
+    gate_lm = load_engine(args.model, backend="torch", packed=False)  # the gate needs gradients
     thresholds = load_thresholds(args.thresholds)
     retriever = AdaCompRetriever(index_dir, gate_model=gate_lm, thresholds=thresholds,
                                  count_tokens=lambda t: len(target.encode(t)))
@@ -252,7 +253,7 @@ def bench_em(args, log) -> dict:
             t = time.perf_counter()
             d = gather_context(e.question, mode, retriever.retrieve, follow_up)
             retrieval_s = time.perf_counter() - t
-            res = generate(target, target.chat_ids(compose_messages(e.question, d.passages)), cfg)
+            res = generate(target, target.chat_ids(compose_messages(e.question, d.passages, d.level > 0)), cfg)
             rows.append({"line": e.line, "mode": mode, "level": d.level, "score": d.to_dict()["score"],
                          "retrievals": d.retrievals, "context_tokens": d.context_tokens,
                          "retrieval_s": round(retrieval_s, 3), "gate_ms": d.detail.get("timings", {}).get("gate_ms"),

@@ -50,7 +50,6 @@ def run(args) -> int:
 
     from hola_ros.core.drafters import LocalDrafter
     from hola_ros.core.engines import load_engine
-    from hola_ros.core.model_store import TEST_MODEL
     from hola_ros.core.pipeline import answer
     from hola_ros.core.requests import GenerationRequest
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
@@ -72,9 +71,8 @@ def run(args) -> int:
     in_process = _draft_round_trips(lambda d: local.propose("bench", d, 8), prompt_ids, continuation, args.proposals)
     local.close("bench")
 
-    # B. the same requests in-process (target + drafter + retriever in this process)
-    gate = load_engine(TEST_MODEL, backend="torch", packed=False)  # the retriever's default gate LM
-    retriever = AdaCompRetriever(default_index_dir(), gate_model=gate, count_tokens=lambda t: len(gate.encode(t)))
+    # B. the same requests in-process (target + drafter + retriever in this process), the graph's default gate
+    retriever = AdaCompRetriever(default_index_dir())
 
     def request(text, mode):
         return GenerationRequest(prompt=text, request_id=uuid.uuid4().hex, max_new_tokens=args.max_new_tokens,
@@ -86,7 +84,7 @@ def run(args) -> int:
         outcome = answer(request(text, mode), target, drafter=local, retrieve=retriever.retrieve)
         in_process_requests.append({"prompt": text, "wall_s": time.perf_counter() - start, "text": outcome.text,
                                     "new_tokens": outcome.stats.get("new_tokens", 0)})
-    del gate, retriever
+    del retriever
 
     # C. the same through the node graph
     with tempfile.TemporaryDirectory() as tmp:

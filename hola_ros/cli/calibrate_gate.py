@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--out", default="config/gate_thresholds.yaml")
     p.add_argument("--rows", help="also save the per-question measurements to this JSONL")
     p.add_argument("--from-rows", help="refit from measurements saved with --rows (no model runs)")
+    p.add_argument("--kb", metavar="QA.jsonl",
+                   help="calibrate on KB questions instead (data/kb_eval/questions.jsonl): the evidence gate "
+                        "(default) and the gradient gate on --model ('none' skips it), from retrieval utilities")
+    p.add_argument("--split", default="tune", choices=("tune", "heldout", "all"), help="--kb: questions used")
     p.set_defaults(run=run)
 
 
@@ -34,11 +38,13 @@ def run(args) -> int:
     import time
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from hola_ros.core.models import load_model
+    from hola_ros.core.engines import load_engine
     from hola_ros.core.retrieval import calibrate, gsm8k
     from hola_ros.core.retrieval.adacomp import AdaCompRetriever, lm_follow_up
 
     t0 = time.perf_counter()
+    if args.kb:
+        return _calibrate_kb(args)
     if args.from_rows:
         with open(args.from_rows, encoding="utf-8") as f:
             saved = [json.loads(line) for line in f]
@@ -55,7 +61,7 @@ def run(args) -> int:
         items = [calibrate.DevItem(e.question, e.rationale) for e in held[:args.limit]]
         dev = (f"{args.data}: fold {args.dev_fold} of {args.folds} (line i with i % {args.folds} == {args.dev_fold}), "
                f"held-out items [0, {len(items)}); index: worked examples of the other folds")
-    lm = load_model(args.model, threads=args.threads, packed=False)  # the gate needs gradients
+    lm = load_engine(args.model, backend="torch", threads=args.threads, packed=False)  # the gate needs gradients
     retriever = AdaCompRetriever(index_dir, gate_model=lm, thresholds={}, budget_tokens=args.budget_tokens)
     follow_up = None if args.no_multi else lm_follow_up(lm.model, lm.tokenizer, max_new_tokens=args.follow_up_tokens)
     meta = {"command": "hola-ros " + " ".join(sys.argv[1:]), "model": lm.name,
@@ -101,6 +107,49 @@ def _write(args, rows, meta) -> int:
     thresholds, report = calibrate.fit(rows, margin=args.margin)
     thresholds = {k: v for k, v in merge_thresholds(thresholds).items() if k != "file"}
     calibrate.write_yaml(args.out, thresholds, calibrate.provenance(**meta, report=report))
+    print(json.dumps({"thresholds": thresholds, "report": report}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _calibrate_kb(args) -> int:
+    """Both gates on the KB question set's --split (docs/retrieval.md, "Calibrating the gate")."""
+    import json
+    import sys
+
+    from hola_ros.core.evaluation import kb, kb_gate
+    from hola_ros.core.retrieval import calibrate
+    from hola_ros.core.retrieval.adacomp import default_index_dir
+    from hola_ros.core.retrieval.gate import ComplexityGate, merge_thresholds
+
+    try:
+        items = kb.load_items(args.kb, args.split)[:args.limit]
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    index_dir = args.index or default_index_dir()
+    gate = None
+    if args.model not in ("", "none"):
+        from hola_ros.core.engines import load_engine
+
+        lm = load_engine(args.model, backend="torch", threads=args.threads, packed=False)  # the gate needs gradients
+        gate = ComplexityGate(lm.model, lm.tokenizer, {})
+    rows = kb_gate.measure(items, index_dir, gate=gate, budget_tokens=args.budget_tokens)
+    evidence, evidence_report = kb_gate.fit_evidence(rows)
+    thresholds, report = evidence, {"evidence_gate": evidence_report}
+    if gate is not None:
+        gradient, report["gradient_gate"] = kb_gate.fit_gradient(rows, evidence["specific_share"])
+        thresholds = gradient | evidence
+    thresholds = {k: v for k, v in merge_thresholds(thresholds | {"calibrated": True}).items() if k != "file"}
+    meta = calibrate.provenance(
+        command="hola-ros " + " ".join(sys.argv[1:]), data=f"{args.kb}: split {args.split}, {len(items)} questions",
+        index=str(index_dir), budget_tokens=args.budget_tokens, gradient_gate_model=args.model if gate else None,
+        objective="mean utility of the chosen level minus 0.02 per retrieval step (core/evaluation/kb_gate.py); "
+                  "the gradient gate report's 'nll' columns are minus that utility", report=report)
+    calibrate.write_yaml(args.out, thresholds, meta)
+    if args.rows:
+        with open(args.rows, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
     print(json.dumps({"thresholds": thresholds, "report": report}, indent=1))
     print(f"wrote {args.out}")
     return 0

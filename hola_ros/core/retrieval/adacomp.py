@@ -1,9 +1,13 @@
 """AdaComp-RAG: per query, a retrieval level (0 none, 1 single-shot, 2 multi-step), k and passage
 trimming that fit a context-token budget, and every decision reported.
 
+Retrieval is hybrid: the dense FAISS neighbours (MiniLM cosine) and the BM25 hits of the lexical
+index are fused by reciprocal rank, so an exact identifier (E-214, CD-5) ranks its passage first
+even where the dense similarity misses it.
+
 `AdaCompRetriever.retrieve` does one retrieval step (it runs in the retriever node);
-`gather_context` is the one place the level-2 loop lives (retrieve, follow-up query written by
-the target model, retrieve again, merge, re-fit the budget), whatever transport `retrieve` uses.
+`gather_context` is the one place the level-2 loop lives (retrieve, follow-up query, retrieve
+again, merge, re-fit the budget), whatever transport `retrieve` uses.
 """
 from __future__ import annotations
 
@@ -13,22 +17,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .gate import ComplexityGate, level_for, load_thresholds, merge_thresholds
+from . import lexical
+from .chunking import join_units, split_units
+from .gate import ComplexityGate, evidence_level, load_thresholds, level_for, merge_thresholds
 from .ingest import default_index_dir  # noqa: F401  (part of this module's API)
+from .prompting import chat_ids, follow_up_messages, format_passage
 from .store import IndexStore
 
 MODES = ("auto", "off", "single", "multi")
 MIN_TRIMMED_TOKENS = 24  # a trimmed passage shorter than this is more noise than evidence
-
-SYSTEM_PROMPT = ("Answer the question. Context passages are given; use them when they are relevant "
-                 "and rely on your own knowledge otherwise.")
+RRF_K = 60  # reciprocal rank fusion: score = sum over rankings of 1 / (RRF_K + rank)
+LEXICAL_CANDIDATES = 20  # BM25 hits and dense neighbours each ranking contributes at most
 
 
 @dataclass
 class Passage:
     text: str
     source: str
-    score: float  # cosine similarity to the query that retrieved it
+    score: float  # cosine similarity of the passage to the query that retrieved it
     tokens: int = 0  # tokens this passage takes in the context block (0: not counted)
     trimmed: bool = False
 
@@ -36,7 +42,7 @@ class Passage:
 @dataclass
 class RetrievalDecision:
     level: int
-    score: float  # complexity score in [0, 1]; nan when not computed (forced mode, no LM)
+    score: float  # gradient gate's complexity score in [0, 1]; nan when not computed (evidence gate, forced)
     passages: list[Passage] = field(default_factory=list)
     context_tokens: int = 0
     retrievals: int = 0  # index searches made (the auto gate searches for evidence even at level 0)
@@ -48,28 +54,13 @@ class RetrievalDecision:
         return d
 
 
-def format_passage(p: Passage) -> str:
-    return f"[{p.source}]\n{p.text}\n\n"
-
-
-def context_block(passages: list[Passage]) -> str:
-    return "".join(format_passage(p) for p in passages).rstrip()
-
-
-def compose_messages(question: str, passages: list[Passage]) -> list[dict]:
-    """Chat messages for the target model; without passages, just the question."""
-    if not passages:
-        return [{"role": "user", "content": question}]
-    return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"Context:\n{context_block(passages)}\n\nQuestion: {question}"}]
-
-
-def follow_up_messages(question: str, passages: list[Passage]) -> list[dict]:
-    """Prompt asking the target model for a follow-up search query (level 2)."""
-    return [{"role": "user", "content":
-             f"Context:\n{context_block(passages)}\n\nQuestion: {question}\n\n"
-             "Write one short search query for the information still missing to answer the question. "
-             "Reply with the query only."}]
+@dataclass
+class Candidate:
+    id: int
+    passage: dict
+    dense: float  # cosine similarity
+    bm25: float  # 0 when the lexical index did not return it
+    fused: float
 
 
 def lm_follow_up(model, tokenizer, max_new_tokens: int = 32) -> Callable[[str, list[Passage]], str]:
@@ -87,65 +78,90 @@ def lm_follow_up(model, tokenizer, max_new_tokens: int = 32) -> Callable[[str, l
     return write
 
 
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+def _unit_relevance(text: str, query_terms: set[str]) -> float:
+    """How much of the query a unit (row, item, sentence) holds: shared terms, identifiers x3."""
+    found = set(lexical.terms(text)) & query_terms
+    return sum(3.0 if any(c.isdigit() for c in t) and any(c.isalpha() for c in t) else 1.0 for t in found)
 
 
-def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str], int],
-               min_tokens: int = MIN_TRIMMED_TOKENS) -> list[Passage]:
-    """Greedily keep passages in order; trim the first one that does not fit, then stop."""
-    out, used = [], 0
+def trim_passage(p: Passage, room: int, count_tokens: Callable[[str], int], query: str = "") -> Passage | None:
+    """The passage cut to whole units (rows, items, sentences) whose formatted entry fits `room`
+    tokens. Units that share the most terms with the query are kept first (ties: earlier first), then
+    written back in passage order with the heading line and each kept row's table header."""
+    parts = split_units(p.text)
+    query_terms = set(lexical.terms(query))
+    order = sorted(range(len(parts.units)), key=lambda i: (-_unit_relevance(parts.units[i].text, query_terms), i))
+    keep, best = [], None
+    for i in order:
+        text = join_units(parts, keep + [i])
+        n = count_tokens(format_passage(Passage(text, p.source, p.score)))
+        if n <= room:
+            keep.append(i)
+            best = Passage(text, p.source, p.score, n, True)
+    return best if best is not None and len(keep) < len(parts.units) else None
+
+
+def focus_rows(passages: list[Passage], query: str) -> tuple[list[Passage], list[dict]]:
+    """When the query names identifiers (E-305, CD-5) that table rows of the passages hold, every
+    table keeps only those rows, each row once: the model reads the row it was asked about, not its
+    neighbours. Prose stays; a passage left with nothing is dropped. Returns (passages, dropped)."""
+    wanted = set(lexical.identifiers(query))
+    split = [(p, split_units(p.text)) for p in passages]
+    if not wanted or not any(u.table is not None and wanted & set(lexical.terms(u.text))
+                             for _, parts in split for u in parts.units):
+        return passages, []
+    out, dropped, shown = [], [], set()
+    for p, parts in split:
+        keep = [i for i, u in enumerate(parts.units) if u.table is None
+                or (wanted & set(lexical.terms(u.text)) and (p.source, u.text) not in shown)]
+        shown |= {(p.source, parts.units[i].text) for i in keep if parts.units[i].table is not None}
+        left_out = len(parts.units) - len(keep)
+        if not keep:
+            dropped.append({"source": p.source, "reason": "no row with the query's identifiers"})
+        elif left_out:
+            out.append(Passage(join_units(parts, keep), p.source, p.score, 0, True))
+            dropped.append({"source": p.source, "reason": "rows without the query's identifiers",
+                            "units_dropped": left_out})
+        else:
+            out.append(p)
+    return out, dropped
+
+
+def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str], int], query: str = "",
+               min_tokens: int = MIN_TRIMMED_TOKENS) -> tuple[list[Passage], list[dict]]:
+    """Passages in order while they fit; one that does not is trimmed to whole units (if at least
+    `min_tokens` remain), later ones still get the room left. Returns (kept, what was dropped)."""
+    out, dropped, used = [], [], 0
     for p in passages:
         n = count_tokens(format_passage(p))
         if used + n <= budget:
             out.append(Passage(p.text, p.source, p.score, n, p.trimmed))
             used += n
             continue
-        room = budget - used
-        if room >= min_tokens:
-            cut = _trim(p, room, count_tokens)
-            if cut is not None:
-                out.append(cut)
-        break
-    return out
-
-
-def _trim(p: Passage, room: int, count_tokens) -> Passage | None:
-    """The longest word prefix of p (plus an ellipsis) whose formatted entry fits in `room` tokens."""
-    words = p.text.split(" ")
-    lo, hi, best = 1, len(words) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        cand = Passage(" ".join(words[:mid]).rstrip() + " ...", p.source, p.score, 0, True)
-        n = count_tokens(format_passage(cand))
-        if n <= room:
-            best, lo = Passage(cand.text, cand.source, cand.score, n, True), mid + 1
-        else:
-            hi = mid - 1
-    return best
-
-
-def _token_counter(gate_model, embedder) -> Callable[[str], int]:
-    tok = getattr(gate_model, "tokenizer", None)
-    if tok is not None:
-        return lambda text: len(tok.encode(text, add_special_tokens=False))
-    return embedder.count_tokens  # no LM here: the embedder's WordPiece count approximates it
+        cut = trim_passage(p, budget - used, count_tokens, query) if budget - used >= min_tokens else None
+        if cut is None:
+            dropped.append({"source": p.source, "reason": "budget", "tokens": n})
+            continue
+        units_before, units_after = len(split_units(p.text).units), len(split_units(cut.text).units)
+        dropped.append({"source": p.source, "reason": "trimmed to the budget",
+                        "units_dropped": units_before - units_after, "tokens": n - cut.tokens})
+        out.append(cut)
+        used += cut.tokens
+    return out, dropped
 
 
 class AdaCompRetriever:
     def __init__(self, index_dir, embedder=None, gate_model=None, thresholds: dict | None = None,
                  budget_tokens: int = 384, top_k: int = 3, count_tokens: Callable[[str], int] | None = None,
-                 candidates: int | None = None, embedder_backend: str = "auto"):
+                 candidates: int | None = None, embedder_backend: str = "auto", threads: int | None = None):
         """index_dir: an index built by `hola-ros index` (or `default_index_dir()`).
         embedder: None (the one the index was built with, else the default), a model path or an Embedder.
         embedder_backend: auto / torch / onnxruntime, for an embedder given by path (see embedder.py).
-        gate_model: an object with `.model` (transformers causal LM) and `.tokenizer`, e.g. a
-          `hola_ros.core.models.LoadedModel`; None: the auto gate uses similarity evidence only.
+        gate_model: None: the evidence gate (retrieval scores, no LM); an object with `.model`
+          (transformers causal LM) and `.tokenizer`: the paper's gradient gate on that LM.
         thresholds: a dict (merged over the defaults); None: the packaged calibrated file if any.
-        count_tokens: counts context tokens; default: gate_model's tokenizer, else the embedder's.
+        count_tokens: counts context tokens; default: the embedder's tokenizer (the retriever holds no
+          copy of the target's; WordPiece counts come close to the target's BPE counts on English text).
         """
         from .embedder import Embedder
 
@@ -158,7 +174,7 @@ class AdaCompRetriever:
         else:
             built_with = Path(em["path"])
             self.embedder = Embedder.shared(embedder or (built_with if built_with.is_dir() else None),
-                                            backend=embedder_backend)
+                                            backend=embedder_backend, threads=threads)
         if self.embedder.name != em["name"] or self.embedder.dim != em["dim"]:
             raise ValueError(f"index {index_dir} was built with {em['name']} (dim {em['dim']}), "
                              f"not {self.embedder.name} (dim {self.embedder.dim})")
@@ -168,7 +184,7 @@ class AdaCompRetriever:
         self.budget_tokens = budget_tokens
         self.top_k = top_k
         self.candidates = candidates or 2 * top_k
-        self.count_tokens = count_tokens or _token_counter(gate_model, self.embedder)
+        self.count_tokens = count_tokens or self.embedder.count_tokens
 
     def retrieve(self, query: str, mode: str = "auto", budget_tokens: int | None = None) -> RetrievalDecision:
         if mode not in MODES:
@@ -181,48 +197,109 @@ class AdaCompRetriever:
             return RetrievalDecision(0, math.nan, [], 0, 0, detail | {"gate": "off"})
 
         t0 = time.perf_counter()
-        qvec = self.embedder.encode([query])
+        fused, timings = self._search(query)
+        chosen, focused = focus_rows(self._select(fused), query)
+        passages, dropped = fit_budget(chosen, budget, self.count_tokens, query)
+        dropped = focused + dropped
         t1 = time.perf_counter()
-        hits = self.store.search(qvec, self.candidates)[0]
-        t2 = time.perf_counter()
-        sims = [h.score for h in hits]
-        detail["similarity"] = {"top": sims[0], "scores": [round(s, 4) for s in sims[:self.top_k]],
-                                "sources": [h.passage["source"] for h in hits[:self.top_k]]}
-        timings = {"embed_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3}
-
-        score = math.nan
-        if mode != "auto":
-            level, detail["gate"] = (1 if mode == "single" else 2), "forced"
-        elif self.gate is not None:
-            feats = self.gate.features(query, sims)
-            score = self.gate.score(feats)
-            level = level_for(score, self.thresholds)
-            detail["gate"] = "lm+similarity"
-            detail["features"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in feats.items()}
-            timings["gate_ms"] = (time.perf_counter() - t2) * 1e3
-        else:
-            level = int(sims[0] >= self.thresholds["sim_min"])
-            detail["gate"] = "similarity-only"
-        detail["thresholds"] = {k: self.thresholds[k] for k in ("delta1", "delta2", "sim_min", "sim_gap", "calibrated")}
+        evidence = self._evidence(query, fused, passages)
+        detail.update(similarity={"top": max((c.dense for c in fused), default=0.0),
+                                  "scores": [round(c.dense, 4) for c in fused[:self.top_k]],
+                                  "sources": [c.passage["source"] for c in fused[:self.top_k]]},
+                      fused=[{"source": c.passage["source"], "chunk": c.passage.get("chunk"), "dense": round(c.dense, 4),
+                              "bm25": round(c.bm25, 3), "rrf": round(c.fused, 5)} for c in fused[:self.candidates]],
+                      dropped=dropped)
+        score, level = self._decide(mode, query, evidence, detail)
+        if level == 2 and evidence["missing"]:  # first of two steps: half the budget, room for the follow-up
+            passages, dropped = fit_budget(chosen, budget // 2, self.count_tokens, query)
+            detail["dropped"] = focused + dropped
+        timings["gate_ms"] = (time.perf_counter() - t1) * 1e3
+        timings["select_ms"] = (t1 - t0) * 1e3 - timings["embed_ms"] - timings["search_ms"]
+        detail["thresholds"] = {k: self.thresholds[k] for k in
+                                ("delta1", "delta2", "sim_min", "known_min", "phrases_min", "missing_min", "specific_share",
+                                 "sim_gap", "bm25_ratio", "calibrated")}
         detail["timings"] = {k: round(v, 3) for k, v in timings.items()}
-
-        passages = self._select(hits, budget) if level > 0 else []
+        if evidence["missing"]:
+            detail["follow_up_query"] = " ".join(evidence["missing"])
+        passages = passages if level > 0 else []
         detail["k"] = len(passages)
         return RetrievalDecision(level, score, passages, sum(p.tokens for p in passages), 1, detail)
 
-    def _select(self, hits, budget: int) -> list[Passage]:
-        # k adapts to the evidence: passages far below the best match are dropped
-        floor = hits[0].score - self.thresholds["sim_gap"]
+    def _decide(self, mode: str, query: str, evidence: dict, detail: dict) -> tuple[float, int]:
+        """(complexity score, level): forced, the evidence gate, or the gradient gate."""
+        detail["evidence"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in evidence.items()}
+        if mode != "auto":
+            detail["gate"] = "forced"
+            return math.nan, (1 if mode == "single" else 2)
+        if self.gate is None:
+            detail["gate"] = "evidence"
+            return math.nan, evidence_level(evidence, self.thresholds)
+        feats = self.gate.features(query, [evidence["top_sim"]])
+        score = self.gate.score(feats)
+        detail["gate"] = "lm+similarity"
+        detail["features"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in feats.items()}
+        return score, level_for(score, self.thresholds)
+
+    def _search(self, query: str) -> tuple[list[Candidate], dict]:
+        """Dense and BM25 candidates fused by reciprocal rank, best first."""
+        import numpy as np
+
+        t0 = time.perf_counter()
+        qvec = self.embedder.encode([query])
+        t1 = time.perf_counter()
+        n = max(self.candidates, LEXICAL_CANDIDATES)
+        dense = self.store.search(qvec, n)[0]
+        bm25 = self.store.lexical_search(query, n)
+        t2 = time.perf_counter()
+        found: dict[int, Candidate] = {}
+        for rank, h in enumerate(dense):
+            found[h.id] = Candidate(h.id, h.passage, h.score, 0.0, 1.0 / (RRF_K + rank + 1))
+        for rank, h in enumerate(bm25):
+            if h.id not in found:
+                vec = np.asarray(self.store.embeddings[h.id], dtype=np.float32)
+                found[h.id] = Candidate(h.id, h.passage, float(vec @ qvec[0]), 0.0, 0.0)
+            found[h.id].bm25 = h.score
+            found[h.id].fused += 1.0 / (RRF_K + rank + 1)
+        # an identifier of the query (E-214, CD-5) that a passage holds puts it first: exact codes win
+        wanted = set(lexical.identifiers(query))
+        held = {c.id: len(wanted & set(lexical.terms(c.passage["text"]))) if wanted else 0 for c in found.values()}
+        fused = sorted(found.values(), key=lambda c: (-held[c.id], -c.fused, c.id))
+        return fused, {"embed_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3}
+
+    def _select(self, fused: list[Candidate]) -> list[Passage]:
+        """k adapts to the evidence: candidates well below the best one on both signals are dropped."""
+        if not fused:
+            return []
+        best_dense = max(c.dense for c in fused)
+        best_bm25 = max(c.bm25 for c in fused)
         seen, chosen = set(), []
-        for h in hits:
-            text = h.passage["text"]
-            if h.score < floor or text in seen:
+        for c in fused:
+            text = c.passage["text"]
+            weak = (c.dense < best_dense - self.thresholds["sim_gap"]
+                    and c.bm25 < self.thresholds["bm25_ratio"] * best_bm25)
+            if weak or text in seen:
                 continue
             seen.add(text)
-            chosen.append(Passage(text, h.passage["source"], h.score))
+            chosen.append(Passage(text, c.passage["source"], c.dense))
             if len(chosen) == self.top_k:
                 break
-        return fit_budget(chosen, budget, self.count_tokens)
+        return chosen
+
+    def _evidence(self, query: str, fused: list[Candidate], passages: list[Passage]) -> dict:
+        """What the documents say about the query, without an LM: the best cosine similarity, the
+        share of the query's terms the index knows, its two-word phrases that the candidates hold,
+        identifiers the index holds, and the specific query terms that the selected passages still
+        miss (the follow-up query of level 2)."""
+        concepts = lexical.concepts(query)
+        known = self.store.lexical.known(concepts)
+        specific = [t for t in known if self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
+        covered = set(lexical.terms(" ".join(p.text for p in passages)))
+        ids = lexical.identifiers(query)
+        return {"top_sim": max((c.dense for c in fused), default=0.0),
+                "known": len(known) / len(concepts) if concepts else 0.0,
+                "phrases": lexical.shared_phrases(query, [c.passage["text"] for c in fused]),
+                "identifiers": len(self.store.lexical.known(ids)),
+                "missing": [t for t in specific if t not in covered]}
 
 
 def gather_context(question: str, mode: str,
@@ -231,8 +308,9 @@ def gather_context(question: str, mode: str,
                    budget_tokens: int | None = None) -> RetrievalDecision:
     """Run the retrieval for one request; at level 2, a follow-up query and a second retrieval.
 
-    retrieve(query, mode, budget) may be in-process (`AdaCompRetriever.retrieve`) or a ROS
-    client; follow_up(question, passages) returns a search query written by the target model.
+    retrieve(query, mode, budget) may be in-process (`AdaCompRetriever.retrieve`) or a ROS client.
+    The follow-up query is the retriever's own (the question's specific terms its first passages
+    miss) when it has one, else follow_up(question, passages) writes it (the target model).
     The first step keeps at most half the budget so the second one has room; the merged list is
     de-duplicated and re-fitted to the budget using each passage's token count.
     """
@@ -241,7 +319,7 @@ def gather_context(question: str, mode: str,
         return first
     budget = int(first.detail.get("budget_tokens", budget_tokens or 0)) or sum(p.tokens for p in first.passages)
     detail = dict(first.detail)
-    query2 = follow_up(question, first.passages) if follow_up is not None else ""
+    query2 = first.detail.get("follow_up_query") or (follow_up(question, first.passages) if follow_up else "")
     query2 = (query2 or "").strip()
     if not query2 or query2.lower() == question.strip().lower():
         detail["follow_up"] = {"query": query2, "skipped": "no distinct follow-up query"}
@@ -261,9 +339,10 @@ def gather_context(question: str, mode: str,
         seen.add(p.text)
         merged.append(p)
         used += p.tokens
-    detail["follow_up"] = {"query": query2, "detail": second.detail}
+    detail["follow_up"] = {"query": query2, "by": "retriever" if first.detail.get("follow_up_query") else "model",
+                           "detail": second.detail}
     return RetrievalDecision(2, first.score, merged, used, first.retrievals + second.retrievals, detail)
 
 
-__all__ = ["AdaCompRetriever", "RetrievalDecision", "Passage", "gather_context", "compose_messages",
-           "default_index_dir", "follow_up_messages", "lm_follow_up", "fit_budget", "MODES"]
+__all__ = ["AdaCompRetriever", "RetrievalDecision", "Passage", "gather_context", "default_index_dir",
+           "lm_follow_up", "fit_budget", "trim_passage", "MODES"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .adacomp import AdaCompRetriever, chat_ids, compose_messages, gather_context
+from .adacomp import AdaCompRetriever, gather_context
+from .prompting import chat_ids, compose_messages
 from .gate import FEATURES
 
 
@@ -91,7 +92,8 @@ def measure(retriever: AdaCompRetriever, model, tokenizer, items: list[DevItem],
     for item in tqdm(items, desc="calibrating", unit="question", disable=not progress):
         single = retriever.retrieve(item.question, mode="single")
         feats = retriever.gate.features(item.question, [single.detail["similarity"]["top"]])
-        row = {"question": item.question, **feats, "nll_none": answer_nll(model, tokenizer, compose_messages(item.question, []), item.answer),
+        plain = compose_messages(item.question, [], grounded=False)
+        row = {"question": item.question, **feats, "nll_none": answer_nll(model, tokenizer, plain, item.answer),
                "nll_single": answer_nll(model, tokenizer, compose_messages(item.question, single.passages),
                                         item.answer)}
         if follow_up is not None:
@@ -225,8 +227,9 @@ def write_yaml(path, thresholds: dict, provenance: dict) -> None:
     import yaml
 
     header = ("# AdaComp gate thresholds, written by `hola-ros calibrate-gate` (see docs/retrieval.md).\n"
-              "# score = sigmoid(sum(weights * (feature - mean) / std) + bias); level 0 if score < delta1,\n"
-              "# 1 if score < delta2, else 2. sim_min: the gate without an LM.\n")
+              "# Evidence gate (default, no LM): sim_min, known_min, phrases_min, missing_min, specific_share.\n"
+              "# Gradient gate (gate_model set): score = sigmoid(sum(weights * (feature - mean) / std) + bias);\n"
+              "# level 0 if score < delta1, 1 if score < delta2, else 2.\n")
     body = yaml.safe_dump({"thresholds": thresholds, "calibration": provenance}, sort_keys=False, width=100)
     with open(path, "w", encoding="utf-8") as f:
         f.write(header + body)

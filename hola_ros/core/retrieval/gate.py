@@ -1,4 +1,10 @@
-"""Complexity gate: C(q) from the LM's gradient, combined with the retriever's similarity evidence.
+"""Retrieval gates: the evidence gate (default, no LM) and the paper's gradient gate.
+
+Evidence gate (`evidence_level`): from what the retrieval itself found (top cosine similarity,
+share of the query's terms the index knows, identifiers the index holds, specific terms the
+single-shot passages miss); no LM, so the retriever needs no second copy of the model.
+
+Gradient gate (`ComplexityGate`): C(q) from an LM's gradient, combined with the similarity.
 
 The paper's C(q) = ||grad_q L||_2 leaves L undefined at inference (a query has no label). Here
 L is the LM's negative log-likelihood of the query's own tokens (summed), the gradient is taken
@@ -26,8 +32,19 @@ DEFAULT_THRESHOLDS = {
     "bias": 0.0,
     "delta1": 0.5,  # score >= delta1: retrieve
     "delta2": 0.85,  # score >= delta2: multi-step (0.85 is the paper's single threshold)
-    "sim_min": 0.3,  # gate without an LM: retrieve when the top cosine similarity reaches this
-    "sim_gap": 0.15,  # keep passages whose similarity is within this of the best one
+    # the evidence gate (no LM): retrieve when the top cosine similarity reaches sim_min, or the index
+    # knows a known_min share of the query's terms, or the candidates hold phrases_min of its two-term
+    # phrases, or the index holds one of its identifiers; multi-step when missing_min specific query
+    # terms are still missing from the single-shot passages
+    "sim_min": 0.3,
+    "known_min": 0.5,
+    "phrases_min": 1,
+    "missing_min": 2,
+    "specific_share": 0.2,  # a term in at most this share of the passages is specific to a topic
+    # passage selection: drop a candidate more than sim_gap below the best cosine similarity unless
+    # its BM25 score reaches bm25_ratio of the best BM25 score
+    "sim_gap": 0.15,
+    "bm25_ratio": 0.5,
     "calibrated": False,
 }
 
@@ -103,7 +120,7 @@ class ComplexityGate:
         self._check_differentiable()
 
     def _check_differentiable(self) -> None:
-        # inference-only kernels (e.g. models.load_model's packed linears) have no backward
+        # inference-only kernels (e.g. the torch engine's packed linears) have no backward
         import warnings
 
         try:
@@ -112,7 +129,7 @@ class ComplexityGate:
                 query_gradient(self.model, self.tokenizer, "probe query", self.max_tokens)
         except RuntimeError as e:
             raise ValueError("the gate model must be differentiable w.r.t. its input embeddings; load it "
-                             "with hola_ros.core.models.load_model(..., packed=False)") from e
+                             "with hola_ros.core.engines.load_engine(..., backend='torch', packed=False)") from e
 
     def features(self, query: str, similarities: list[float]) -> dict:
         g = query_gradient(self.model, self.tokenizer, query, self.max_tokens)
@@ -132,3 +149,13 @@ def score_features(features: dict, th: dict) -> float:
 
 def level_for(score: float, th: dict) -> int:
     return 0 if score < th["delta1"] else (1 if score < th["delta2"] else 2)
+
+
+def evidence_level(evidence: dict, th: dict) -> int:
+    """The evidence gate: level 0 when the documents hold nothing of the query, 2 when the
+    single-shot passages miss `missing_min` of its specific terms, else 1."""
+    grounded = (evidence["top_sim"] >= th["sim_min"] or evidence["known"] >= th["known_min"]
+                or evidence["phrases"] >= th["phrases_min"] or evidence["identifiers"] > 0)
+    if not grounded:
+        return 0
+    return 2 if len(evidence["missing"]) >= th["missing_min"] else 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .chunking import ChunkingConfig, chunk_text
-from .store import IndexStore, locked
+from .store import IndexStore, StoreError, locked
 
 TEXT_EXTS = (".txt", ".md", ".markdown")
 JSONL_EXTS = (".jsonl",)
@@ -80,7 +80,7 @@ def _select(record: dict, selector: str, where: str) -> str:
         if isinstance(value, (dict, list)) or value is None:
             raise IngestError(f"{where}: field {name!r} is {type(value).__name__}, expected text or a number")
         parts.append(str(value).strip())
-    return "\n".join(p for p in parts if p)
+    return "\n\n".join(p for p in parts if p)  # one paragraph per field
 
 
 def read_documents(path: Path, field: str = "text") -> list[Document]:
@@ -148,9 +148,12 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
 
     with locked(index_dir):
         if IndexStore.exists(index_dir) and not rebuild:
-            store = IndexStore.load(index_dir, mmap=False)
+            try:
+                store = IndexStore.load(index_dir, mmap=False)
+            except StoreError as e:
+                raise IngestError(str(e)) from e
             _check_compatible(store, embedder, chunking)
-            chunking = chunking or ChunkingConfig(**{k: v for k, v in store.manifest["chunking"].items() if k != "unit"})
+            chunking = chunking or ChunkingConfig.from_dict(store.manifest["chunking"])
             if index_type:
                 store.manifest["index"]["requested"] = index_type
         else:
@@ -201,11 +204,9 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
             raise IngestError(f"empty corpus: no text found in {', '.join(map(str, paths))}"
                               + (f" ({len(report.skipped_empty)} empty file(s))" if report.skipped_empty else ""))
         if report.changed or rebuild or store.needs_save:
-            import torch
-
             store.manifest["last_ingest"] = {"new_passages": len(texts), "embed_s": round(report.embed_s, 2),
                                              "seconds": round(time.perf_counter() - t0, 2),
-                                             "torch_threads": torch.get_num_threads()}
+                                             "embedder_backend": embedder.backend}
             store.save()
         report.total_passages = len(store)
         report.index_type = store.manifest["index"]["type"]
@@ -218,11 +219,9 @@ def _check_compatible(store: IndexStore, embedder, chunking: ChunkingConfig | No
     if em["name"] != embedder.name or em["dim"] != embedder.dim:
         raise IngestError(f"{store.path} was built with embedder {em['name']} (dim {em['dim']}), not "
                           f"{embedder.name} (dim {embedder.dim}); use --rebuild to re-embed everything")
-    if chunking is not None:
-        built = {k: v for k, v in store.manifest["chunking"].items() if k != "unit"}
-        if built != {k: v for k, v in chunking.as_dict().items() if k != "unit"}:
-            raise IngestError(f"{store.path} was built with chunking {built}, not {chunking.as_dict()}; "
-                              "use --rebuild to re-chunk everything")
+    if chunking is not None and store.manifest["chunking"] != chunking.as_dict():
+        raise IngestError(f"{store.path} was built with chunking {store.manifest['chunking']}, not "
+                          f"{chunking.as_dict()}; use --rebuild to re-chunk everything")
 
 
 # ---- the packaged demo knowledge base
@@ -240,24 +239,53 @@ def cache_dir() -> Path:
 
 
 def _is_current(index_dir: Path, files: list[Path]) -> bool:
+    """The index holds exactly these files, unchanged, in this version's format and chunking."""
     try:
+        IndexStore.check_format(index_dir)
         manifest = json.loads((index_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, StoreError):
         return False
     sources = manifest.get("sources", {})
-    return set(sources) == {str(f) for f in files} and all(
-        sources[str(f)].get("sha256") == sha256_file(f) for f in files)
+    return (manifest.get("chunking") == ChunkingConfig().as_dict() and set(sources) == {str(f) for f in files}
+            and all(sources[str(f)].get("sha256") == sha256_file(f) for f in files))
 
 
-def demo_index_path(embedder: str | os.PathLike | None = None) -> Path:
-    key = hashlib.sha256(f"{demo_kb_dir()}|{embedder or ''}".encode()).hexdigest()[:12]
+def _embedder_path(embedder) -> Path:
+    from .embedder import default_embedder_path
+
+    path = getattr(embedder, "path", embedder)  # an Embedder, a path, or None (the default)
+    return Path(path or default_embedder_path()).resolve()
+
+
+def demo_index_path(embedder=None) -> Path:
+    key = hashlib.sha256(f"{demo_kb_dir()}|{_embedder_path(embedder)}".encode()).hexdigest()[:12]
     return cache_dir() / f"demo-kb-{key}"
 
 
-def default_index_dir(embedder: str | os.PathLike | None = None) -> Path:
-    """The demo KB's index, (re)built into the cache when missing or stale (hashes only when current)."""
+def default_index_dir(embedder=None, in_child: bool = False) -> Path:
+    """The demo KB's index, (re)built into the cache when missing, stale or in an older format
+    (hashes only when current). `embedder`: an Embedder, a model path or None (the default).
+    in_child: build in a child process, so a serving process never holds the embedding peak
+    (the retriever node: ~0.5 GB more RSS for the 40-passage build, kept by the allocator)."""
     kb = demo_kb_dir()
     index_dir = demo_index_path(embedder)
-    if not _is_current(index_dir, collect_files([kb])):
-        ingest(index_dir, [kb], embedder=embedder, prune=True)
+    if _is_current(index_dir, collect_files([kb])):
+        return index_dir
+    if not in_child:
+        ingest(index_dir, [kb], embedder=embedder, prune=True, rebuild=True)
+        return index_dir
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "hola_ros.core.retrieval.ingest", str(_embedder_path(embedder))]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise IngestError(f"building the demo index in a child process failed (exit {done.returncode}): {tail}")
     return index_dir
+
+
+if __name__ == "__main__":  # the child of default_index_dir(in_child=True): python -m ... EMBEDDER_DIR
+    import sys
+
+    print(default_index_dir(sys.argv[1] if len(sys.argv) > 1 else None))

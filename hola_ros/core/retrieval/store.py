@@ -1,10 +1,12 @@
-"""FAISS index directory: index + passages + embeddings + manifest.
+"""Index directory: FAISS (dense) + BM25 (lexical) indexes + passages + embeddings + manifest.
 
 Layout of an index directory:
-  manifest.json    embedding model, dimension, chunking, index type/params, source files + sha256
+  manifest.json    format, embedding model, dimension, chunking, index type/params, lexical index
+                   (library, version, tokenizer), source files + sha256
   passages.jsonl   one passage per line: text, source (display name), file (source key), chunk
   embeddings.npy   float32 [n, dim], L2-normalised; the source of truth the index is built from
   index.faiss      the FAISS index (inner product = cosine), rebuilt from embeddings on removals
+  lexical/         the BM25 index of the passages (`lexical.LexicalIndex`), rebuilt on every change
 
 Keeping the embeddings lets a changed or removed source be dropped without re-embedding the
 rest, whatever the index type (HNSW cannot remove vectors).
@@ -15,6 +17,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+from .lexical import B, K1, LexicalIndex
+from .lexical import TOKENIZER as LEXICAL_TOKENIZER
+
+# 2: structure-aware chunks (heading line, table headers, whole rows) and the BM25 index beside FAISS
+FORMAT = 2
+FORMAT_CHANGES = {1: "word-window chunks and no lexical index"}
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 AUTO_FLAT_MAX = 20_000  # exact search stays well under a millisecond-per-1k-vectors up to here
 
@@ -89,6 +97,7 @@ class IndexStore:
         self.index = index
         self._pending: list[np.ndarray] = []  # appended vectors not yet in the index
         self._rebuild = index is None
+        self.lexical: LexicalIndex | None = None  # None: (re)built from the passages when needed
 
     # ---- creation / loading
     @classmethod
@@ -101,10 +110,29 @@ class IndexStore:
                                 "normalized": True, "metric": "inner_product"},
             "chunking": dict(chunking),
             "index": {"requested": index_type, "type": None, "params": {}},
+            "lexical": lexical_info(),
             "count": 0,
             "sources": {},
         }
         return cls(Path(path), manifest, [], np.zeros((0, dim), np.float32), None)
+
+    @classmethod
+    def check_format(cls, path) -> None:
+        """StoreError, with what to do, when the index at `path` was written in another format."""
+        try:
+            manifest = json.loads((Path(path) / "manifest.json").read_text())
+        except (OSError, ValueError) as e:
+            raise StoreError(f"index at {path} is unreadable ({e}); rebuild it with `hola-ros index --rebuild`") from e
+        found = manifest.get("format")
+        if found != FORMAT:
+            why = f" ({FORMAT_CHANGES[found]})" if found in FORMAT_CHANGES else ""
+            raise StoreError(f"index at {path} has format {found}{why}; this version reads format {FORMAT}: "
+                             "rebuild it with `hola-ros index PATHS -o DIR --rebuild` (the demo index: "
+                             "`hola-ros index --demo`, or just start the retriever)")
+        built = {k: v for k, v in (manifest.get("lexical") or {}).items() if k != "version"}
+        if built != {k: v for k, v in lexical_info().items() if k != "version"}:
+            raise StoreError(f"index at {path} has lexical index {manifest.get('lexical')}, this version uses "
+                             f"{lexical_info()}; rebuild it with `hola-ros index PATHS -o DIR --rebuild`")
 
     @classmethod
     def exists(cls, path) -> bool:
@@ -117,22 +145,24 @@ class IndexStore:
         path = Path(path)
         if not cls.exists(path):
             raise StoreError(f"no index at {path} (manifest.json missing); build one with `hola-ros index`")
+        cls.check_format(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
             with open(path / "passages.jsonl", encoding="utf-8") as f:
                 passages = [json.loads(line) for line in f]
             embeddings = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None)
             index = faiss.read_index(str(path / "index.faiss"))
+            lexical = LexicalIndex.load(path / "lexical", len(passages))
         except (OSError, ValueError, RuntimeError) as e:
             raise StoreError(f"index at {path} is unreadable ({e}); rebuild it with `hola-ros index --rebuild`") from e
-        if manifest.get("format") != FORMAT:
-            raise StoreError(f"index at {path} has format {manifest.get('format')}, expected {FORMAT}; rebuild it")
         n = manifest["count"]
         if not (len(passages) == embeddings.shape[0] == index.ntotal == n):
             raise StoreError(f"index at {path} is inconsistent (manifest {n}, passages {len(passages)}, "
                              f"embeddings {embeddings.shape[0]}, index {index.ntotal}); rebuild it")
         _apply_search_params(index, manifest["index"]["type"], manifest["index"]["params"])
-        return cls(path, manifest, passages, embeddings, index)
+        store = cls(path, manifest, passages, embeddings, index)
+        store.lexical = lexical
+        return store
 
     # ---- properties
     def __len__(self) -> int:
@@ -163,6 +193,7 @@ class IndexStore:
         self.embeddings = np.concatenate([np.asarray(self.embeddings), vectors]) if start else vectors
         self._pending.append(vectors)
         self.sources[key] = {**info, "chunks": len(passages)}
+        self.lexical = None
 
     def remove_sources(self, keys) -> int:
         keys = set(keys) & set(self.sources)
@@ -174,6 +205,7 @@ class IndexStore:
         for k in keys:
             del self.sources[k]
         self._rebuild = True
+        self.lexical = None
         return int((~keep).sum())
 
     def _sync_index(self) -> None:
@@ -187,6 +219,8 @@ class IndexStore:
             for v in self._pending:
                 self.index.add(v)
         self._pending, self._rebuild = [], False
+        if self.lexical is None:
+            self.lexical = LexicalIndex.build([p["text"] for p in self.passages])
 
     def save(self) -> None:
         import faiss
@@ -210,6 +244,11 @@ class IndexStore:
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
         write("passages.jsonl", write_passages)
+        lexical_tmp = self.path / ".lexical.tmp"
+        shutil.rmtree(lexical_tmp, ignore_errors=True)
+        self.lexical.save(lexical_tmp)
+        shutil.rmtree(self.path / "lexical", ignore_errors=True)
+        os.replace(lexical_tmp, self.path / "lexical")
         # the manifest goes last: it is what `load` trusts
         write("manifest.json", lambda p: p.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False)))
 
@@ -222,6 +261,19 @@ class IndexStore:
         scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k, len(self.passages)))
         return [[Hit(int(i), float(s), self.passages[i]) for s, i in zip(srow, irow) if i >= 0]
                 for srow, irow in zip(scores, ids)]
+
+    def lexical_search(self, query: str, k: int) -> list[Hit]:
+        """BM25 hits (score = BM25 score), best first; only passages sharing a term with the query."""
+        if self.lexical is None or self._pending or self._rebuild:
+            self._sync_index()
+        return [Hit(i, s, self.passages[i]) for i, s in self.lexical.search(query, k)]
+
+
+def lexical_info() -> dict:
+    """What the saved BM25 index depends on (the library version is recorded, not enforced)."""
+    from importlib.metadata import version
+
+    return {"library": "bm25s", "version": version("bm25s"), "tokenizer": LEXICAL_TOKENIZER, "k1": K1, "b": B}
 
 
 @contextmanager

@@ -1,0 +1,72 @@
+"""Grounded prompts: the model answers from the retrieved documents and says plainly when the
+documents do not hold the answer; the answer names its source.
+
+A request that retrieval decided to ground (level 1 or 2) gets a system prompt with those rules
+and the passages, each under its source name; a level-0 request (the gate found nothing in the
+documents to ground it on: a greeting, arithmetic, general knowledge) goes to the model as the
+plain question. `ANSWER_STOPS` end a grounded answer where small models start a new, invented
+exchange instead of stopping (the loop seen with SmolLM2), so those tokens are never spent.
+
+Asked to cite in the text, the 0.5B model answered with the bracketed name alone or lost the fact
+(docs/retrieval.md), so the source is not the model's job: `source_note` names the passage the
+answer draws on (the one sharing the most terms with it), and the pipeline appends it.
+"""
+from __future__ import annotations
+
+NOT_IN_DOCUMENTS = "The documents do not say."
+SYSTEM_PROMPT = (
+    "You answer questions about the robots and the site they work in, using the documents given with the "
+    "question. The answer is usually in one of the documents: find the row or sentence that matches the question "
+    "and copy codes, figures and units exactly. Give a short answer. "
+    f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}")
+NO_DOCUMENTS = "(no document matched the question)"
+# where a grounded answer is over: the model starts another question, document or turn
+ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
+
+
+def format_passage(p) -> str:
+    return f"[{p.source}]\n{p.text}\n\n"
+
+
+def context_block(passages) -> str:
+    return "".join(format_passage(p) for p in passages).rstrip()
+
+
+def compose_messages(question: str, passages, grounded: bool = True) -> list[dict]:
+    """Chat messages for the target. grounded=False (retrieval level 0): the plain question."""
+    if not grounded:
+        return [{"role": "user", "content": question}]
+    documents = context_block(passages) if passages else NO_DOCUMENTS
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"Documents:\n{documents}\n\nQuestion: {question}"}]
+
+
+def follow_up_messages(question: str, passages) -> list[dict]:
+    """Prompt asking the target model for a follow-up search query (level 2)."""
+    return [{"role": "user", "content":
+             f"Documents:\n{context_block(passages)}\n\nQuestion: {question}\n\n"
+             "Write one short search query for the information still missing to answer the question. "
+             "Reply with the query only."}]
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` with a transformers tokenizer's chat template (plain join without one)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+
+
+def source_note(answer: str, passages) -> str:
+    """" [source.md]" for the passage the answer shares the most terms with; "" when the answer
+    says the documents do not hold it, shares no term with any passage, or names a source itself."""
+    from .lexical import terms
+
+    if not passages or NOT_IN_DOCUMENTS.lower().rstrip(".") in answer.lower():
+        return ""
+    if any(p.source.lower() in answer.lower() for p in passages):
+        return ""
+    said = set(terms(answer))
+    overlap = [len(said & set(terms(p.text))) for p in passages]
+    best = max(range(len(passages)), key=lambda i: (overlap[i], -i))
+    return f" [{passages[best].source}]" if overlap[best] else ""
