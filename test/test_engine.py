@@ -71,3 +71,24 @@ def test_the_comparison_catches_an_engine_without_the_invariance_machinery():
     ids = loose.chat_ids([{"role": "user", "content": PASSAGE + " Where is CD-5?"}])
     res = generate(loose, ids, GenerationConfig(max_new_tokens=16), drafter=LocalDrafter(ngram=True))
     assert res.stats["exact"] is False and "not_row_invariant" in res.stats["flags"]
+
+
+def test_dropping_the_weight_files_pages_changes_no_logit(monkeypatch):
+    """ONNX Runtime maps the weight file copy-on-write; the loader drops the pages of tensors it has
+    repacked (memory.drop_file_pages). Were any page written through the mapping, dropping it would
+    bring back the file's bytes and change a result: computed here with and without the drop."""
+    from pathlib import Path
+
+    from hola_ros.core import engines, memory, onnx_graph
+    from hola_ros.core.model_store import TEST_MODEL
+
+    monkeypatch.setattr(onnx_graph, "drop_file_pages", lambda path: 0)
+    model = engines.load_engine(TEST_MODEL, threads=2)
+    ids = model.chat_ids([{"role": "user", "content": PASSAGE + " What does E-214 mean?"}])
+    session = model.new_session()
+    kept = np.array(session.forward(ids))
+    assert memory.drop_file_pages(Path(model.info["engine_dir"]) / "weights.data") > 0
+    session.rollback(0)
+    dropped = np.array(session.forward(ids))
+    session.close()
+    assert np.array_equal(kept, dropped)

@@ -16,9 +16,12 @@ Graph interface (batch 1, one sequence):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from hola_ros.core.memory import drop_file_pages, trim_heap
 
 OPSET = 21
 IR_VERSION = 10  # onnx writes a newer IR than onnxruntime 1.3x reads
@@ -273,8 +276,12 @@ def ort_session(onnx_path, threads: int | None, providers: list | None = None, p
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"],
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"],
                                 provider_options=provider_options)
+    for data in Path(onnx_path).parent.glob("*.data"):  # repacked tensors' file pages: not read again
+        drop_file_pages(data)
+    trim_heap()
+    return sess
 
 
 @dataclass

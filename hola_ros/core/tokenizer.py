@@ -7,6 +7,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from hola_ros.core.memory import trim_heap
+
 
 class TokenizerError(ValueError):
     """A tokenizer directory that cannot be used (the message says why)."""
@@ -29,6 +31,7 @@ class ChatTokenizer:
         if not (directory / "tokenizer.json").is_file():
             raise TokenizerError(f"{directory} has no tokenizer.json")
         self._tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        trim_heap()  # the JSON parse leaves ~55 MB of freed heap behind (Qwen's 151k vocabulary)
         cfg_path = directory / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         template_file = directory / "chat_template.jinja"
