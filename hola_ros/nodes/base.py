@@ -14,6 +14,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
 from std_msgs.msg import Header
 
+from hola_ros.core.memory import trim_heap
 from hola_ros.interfaces import DIAGNOSTICS, TELEMETRY, TELEMETRY_QOS
 from hola_ros.msg import Telemetry
 from hola_ros.nodes.params import START, Param
@@ -85,7 +86,9 @@ class HolaNode(LifecycleNode):
         except Exception as exc:
             self.get_logger().error(f"activation failed: {type(exc).__name__}: {exc}")
             self.deactivate_resources()
+            trim_heap()
             return FAILURE
+        trim_heap()  # what loading parsed and freed goes back to the system, not into the node's RSS
         self.state_label = "active"
         self.get_logger().info(f"active ({time.monotonic() - started:.1f} s to load)")
         return super().on_activate(state)
@@ -93,6 +96,7 @@ class HolaNode(LifecycleNode):
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         self.state_label = "inactive"
         self.deactivate_resources()
+        trim_heap()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
