@@ -17,7 +17,7 @@ NOT_IN_DOCUMENTS = "The documents do not say."
 SYSTEM_PROMPT = (
     "You answer questions about the robots and the site they work in, using the documents given with the "
     "question. The answer is usually in one of the documents: find the row or sentence that matches the question "
-    "and copy codes, figures and units exactly. Give a short answer. "
+    "and copy codes, figures and units exactly. If the question asks for two things, answer both. Give a short answer. "
     f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}")
 NO_DOCUMENTS = "(no document matched the question)"
 # where a grounded answer is over: the model starts another question, document or turn
