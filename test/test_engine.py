@@ -79,10 +79,10 @@ def test_dropping_the_weight_files_pages_changes_no_logit(monkeypatch):
     bring back the file's bytes and change a result: computed here with and without the drop."""
     from pathlib import Path
 
-    from hola_ros.core import engines, memory, onnx_graph
+    from hola_ros.core import engines, memory, ort_runtime
     from hola_ros.core.model_store import TEST_MODEL
 
-    monkeypatch.setattr(onnx_graph, "drop_file_pages", lambda path: 0)
+    monkeypatch.setattr(ort_runtime, "drop_file_pages", lambda path: 0)
     model = engines.load_engine(TEST_MODEL, threads=2)
     ids = model.chat_ids([{"role": "user", "content": PASSAGE + " What does E-214 mean?"}])
     session = model.new_session()

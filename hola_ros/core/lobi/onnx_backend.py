@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hola_ros.core import onnx_graph as graph
-from hola_ros.core.onnx_graph import IR_VERSION, OPSET, _Graph, ort_session
+from hola_ros.core import ort_runtime
+from hola_ros.core.onnx_graph import IR_VERSION, OPSET, _Graph
+from hola_ros.core.ort_runtime import ort_session
 
 from . import arch
 
@@ -234,7 +235,7 @@ def select_providers(available: list[str], flavour: str, prefer: str | None = No
     return [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
-class OrtKVSession(graph.OrtKVSession):
+class OrtKVSession(ort_runtime.OrtKVSession):
     """The artifact's graph takes token ids (its embedding lookup runs inside) and, in the dense
     flavour, has no logits_from input."""
 
