@@ -41,7 +41,7 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     spec = str(spec or DEFAULT_MODEL)
     if is_artifact(spec):
         return load_artifact(spec, backend=backend, threads=threads)
-    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    path = _spec_path(spec)
     is_gguf = path.suffix.lower() == ".gguf"
     if not path.exists():
         raise FileNotFoundError(f"model spec {spec!r}: expected a packaged name, a .gguf file, a Hugging Face "
@@ -59,9 +59,14 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     return characterize(loaded)
 
 
+def _spec_path(spec: str) -> Path:
+    """The file or folder a spec names: a packaged model's GGUF, else the path itself."""
+    return gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+
+
 def gguf_file(spec: str) -> Path:
     """The GGUF file a spec names (a packaged model or a path)."""
-    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    path = _spec_path(spec)
     if path.suffix.lower() != ".gguf" or not path.is_file():
         raise ValueError(f"{spec!r} is not a GGUF file or a packaged model")
     return path
@@ -70,7 +75,7 @@ def gguf_file(spec: str) -> Path:
 def load_tokenizer(spec: str | None = None):
     """Just the tokenizer of a spec (no weights loaded): for preparing prompts."""
     spec = str(spec or DEFAULT_MODEL)
-    path = gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
+    path = _spec_path(spec)
     if path.suffix.lower() == ".gguf":
         from hola_ros.core.tokenizer import ChatTokenizer
 
@@ -138,7 +143,7 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     from gguf import GGMLQuantizationType, quants
 
     from hola_ros.core.models import LoadedModel
-    from hola_ros.core.onnx_graph import OrtKVSession, ort_session
+    from hola_ros.core.ort_runtime import OrtKVSession, ort_session
     from hola_ros.core.tokenizer import ChatTokenizer
 
     t0 = time.perf_counter()
