@@ -167,3 +167,16 @@ def test_cli_refuses_bad_input_clearly(tmp_path):
     assert bad.returncode == 2 and "unknown configurations ['sometimes']" in bad.stderr
     missing = cli("--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "b"))
     assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("/**/hola_verifier: [unclosed\n")
+    profile = cli("--data", str(QA), "--profile", str(broken), "--out", str(tmp_path / "c"))
+    assert profile.returncode == 2 and "broken.yaml: not valid YAML" in profile.stderr
+
+
+def test_a_profile_gives_the_kb_run_its_model_l1_and_general_prompt():
+    from hola_ros.cli._eval_kb import profile_settings
+
+    quality = profile_settings(ROOT / "config" / "quality.yaml")
+    assert quality["model"] == "qwen2.5-coder-1.5b-instruct" and quality["l1"] == "qwen2.5-coder-0.5b-instruct"
+    assert "warehouse robots" in quality["general_prompt"]
+    assert profile_settings(ROOT / "config" / "hola.yaml")["general_prompt"] == ""  # the default graph: none

@@ -41,3 +41,98 @@ def test_a_looping_answer_ends_as_a_success_with_stop_reason_repetition(monkeypa
     assert outcome.text == "".join(streamed) == "The code should be 1. " * 3
     cancelled = pipeline.answer(request, target, should_stop=lambda: True)  # the caller's cancel stays a cancel
     assert not cancelled.success and cancelled.error == "cancelled"
+
+
+# ---- what the index knows decides two things the small models cannot ---------------------------
+from hola_ros.core.retrieval.adacomp import Passage, RetrievalDecision  # noqa: E402
+from hola_ros.core.retrieval.prompting import NOT_IN_DOCUMENTS, REFUSAL_RULE  # noqa: E402
+
+DOCK_ROW = Passage("| CD-5 | maintenance bay (Zone M), left bay | standard charger |", "02-charging-docks.md", 0.6)
+
+
+def _retrieve(unknown_terms=(), unknown_codes=(), level=1):
+    evidence = {"unknown_terms": list(unknown_terms), "unknown_codes": list(unknown_codes)}
+    return lambda query, mode, budget: RetrievalDecision(level, float("nan"), [DOCK_ROW], 20, 1,
+                                                         {"evidence": evidence})
+
+
+class _Target:
+    """Records the chat messages of every generation; `generate` below answers from them."""
+    context_length = 4096
+
+    def __init__(self):
+        self.prompts = []
+
+    def chat_ids(self, messages):
+        self.prompts.append(messages)
+        return [1, 2, 3]
+
+
+def _model_that_refuses_when_allowed(target):
+    """A generate() stand-in: the bare refusal while the system prompt allows it, else the fact."""
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+        system = target.prompts[-1][0]["content"]
+        pieces = ["The documents", " do not say."] if REFUSAL_RULE in system else ["CD-5 is in", " the maintenance bay."]
+        for piece in pieces:
+            on_block([7], piece)
+        return SimpleNamespace(text="".join(pieces), stop_reason="eos", stats={"new_tokens": len(pieces)})
+    return fake
+
+
+def _ask(monkeypatch, retrieve, question="Where is charging dock CD-5?"):
+    target = _Target()
+    monkeypatch.setattr(pipeline, "generate", _model_that_refuses_when_allowed(target))
+    streamed = []
+    request = GenerationRequest(prompt=question, request_id="q", max_new_tokens=32, decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=retrieve, on_block=lambda ids, text: streamed.append(text))
+    return outcome, "".join(streamed), target
+
+
+def test_a_bare_refusal_is_asked_again_without_the_refusal_rule_when_the_index_knows_every_term(monkeypatch):
+    outcome, streamed, target = _ask(monkeypatch, _retrieve())
+    assert outcome.success and outcome.text == "CD-5 is in the maintenance bay. [02-charging-docks.md]"
+    assert streamed == outcome.text  # the re-checked refusal was never streamed
+    assert "refusal_rechecked" in outcome.stats["flags"] and outcome.stats["recheck"]["refused_new_tokens"] == 2
+    assert [REFUSAL_RULE in m[0]["content"] for m in target.prompts] == [True, False]
+
+
+def test_a_refusal_stands_when_the_question_has_terms_no_document_uses(monkeypatch):
+    outcome, streamed, target = _ask(monkeypatch, _retrieve(unknown_terms=["password"]),
+                                     "What is the password of the dock?")
+    assert outcome.text == streamed == NOT_IN_DOCUMENTS  # held back, then released as it was
+    assert len(target.prompts) == 1 and "refusal_rechecked" not in outcome.stats["flags"]
+
+
+def test_a_code_no_document_holds_is_answered_without_a_generation(monkeypatch):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the model must not be asked")
+    monkeypatch.setattr(pipeline, "generate", no_generation)
+    request = GenerationRequest(prompt="What does error E-999 mean?", request_id="q", max_new_tokens=32, decoding_mode="ar")
+    streamed = []
+    outcome = pipeline.answer(request, _Target(), retrieve=_retrieve(["e-999"], ["e-999"]),
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed) == f"{NOT_IN_DOCUMENTS} No document mentions E-999."
+    assert outcome.stats["stop_reason"] == "unknown_code" and "unknown_code" in outcome.stats["flags"]
+
+
+def test_a_question_the_gate_leaves_ungrounded_goes_to_the_model_under_the_general_prompt(monkeypatch):
+    target = _Target()
+    monkeypatch.setattr(pipeline, "generate", _model_that_refuses_when_allowed(target))
+    request = GenerationRequest(prompt="What is COVID-19?", request_id="q", max_new_tokens=32, decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=_retrieve(["covid-19"], ["covid-19"], level=0),
+                              general_prompt="Answer briefly.")
+    assert outcome.success and "unknown_code" not in outcome.stats["flags"]  # level 0: no documents to refuse from
+    assert target.prompts == [[{"role": "system", "content": "Answer briefly."},
+                               {"role": "user", "content": "What is COVID-19?"}]]
+
+
+def test_held_refusal_lets_any_other_answer_flow_as_soon_as_it_differs():
+    out = []
+    held = pipeline.HeldRefusal(lambda ids, text: out.append((ids, text)))
+    held.feed([1], "The")
+    held.feed([2], " documents")
+    assert out == []  # still the refusal's beginning
+    held.feed([3], " list CD-5")
+    assert out == [([1, 2, 3], "The documents list CD-5")]
+    held.feed([4], ".")
+    assert out[-1] == ([4], ".")

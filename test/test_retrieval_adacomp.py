@@ -129,6 +129,17 @@ def test_evidence_gate_without_lm(index_dir):
     assert unknown.detail["evidence"]["identifiers"] == 0
 
 
+def test_evidence_names_the_terms_and_codes_no_document_holds(index_dir):
+    r = AdaCompRetriever(index_dir)
+    known = r.retrieve("What does error E-517 mean?").detail["evidence"]
+    assert known["unknown_codes"] == [] and known["unknown_terms"] == []
+    e999 = r.retrieve("What does error E-999 mean, and where is CD-5?").detail["evidence"]
+    assert e999["unknown_codes"] == ["e-999"] and e999["unknown_terms"] == ["e-999"]
+    speed = r.retrieve("Can a robot drive at 1.7m/s past the canteen password desk?").detail["evidence"]
+    assert speed["unknown_codes"] == []  # a measurement is no code
+    assert "password" in speed["unknown_terms"] and "1.7m/s" in speed["unknown_terms"]
+
+
 def test_evidence_gate_goes_multi_step_on_missing_specific_terms(index_dir):
     r = AdaCompRetriever(index_dir, thresholds={"missing_min": 1, "specific_share": 0.2})
     q = "How long does a Tern T2 take to boot after it is switched on?"
@@ -218,6 +229,10 @@ def test_compose_messages_grounds_and_says_when_documents_are_silent():
     assert "[faq.md]\nCD-1 and CD-2 are fast chargers." in msgs[1]["content"]
     assert msgs[1]["content"].endswith("Question: Which dock is fastest?")
     assert compose_messages("Hi", [], grounded=False) == [{"role": "user", "content": "Hi"}]
+    assert compose_messages("Hi", [], grounded=False, general_prompt="Be brief.")[0] == {
+        "role": "system", "content": "Be brief."}
+    recheck = compose_messages("Which dock is fastest?", ps, refusal=False)
+    assert NOT_IN_DOCUMENTS not in recheck[0]["content"] and recheck[1] == msgs[1]
     nothing = compose_messages("Where is CD-7?", [])  # grounded, but nothing matched: the model is told so
     assert "no document matched" in nothing[1]["content"]
     d = RetrievalDecision(0, float("nan"))

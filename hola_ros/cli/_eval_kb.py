@@ -13,6 +13,30 @@ def add_arguments(p) -> None:
     g.add_argument("--gate-model", default="smollm2-135m-instruct", help="kb: LM of the auto_gradient gate")
     g.add_argument("--budget-tokens", type=int, default=None, help="kb: context budget (default: the retriever's)")
     g.add_argument("--thresholds", default=None, help="kb: gate thresholds YAML (default: the packaged one)")
+    g.add_argument("--profile", metavar="PARAMS.yaml", default=None,
+                   help="kb: a node parameters file (config/quality.yaml): its verifier model and general_prompt "
+                        "and its drafter l1_model, unless --model / --l1 say otherwise")
+
+
+def profile_settings(path) -> dict:
+    """model, l1 and general_prompt of a node parameters file (hola-ros up --params FILE)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a ROS 2 parameters file")
+    params = {}
+    for key, node in doc.items():
+        p = (node or {}).get("ros__parameters", {}) if isinstance(node, dict) else {}
+        if str(key).endswith("hola_verifier"):
+            params.update({k: p[k] for k in ("model", "general_prompt") if k in p})
+        elif str(key).endswith("hola_drafter") and "l1_model" in p:
+            params["l1"] = p["l1_model"]
+    return params
 
 
 KB_CONFIG_HELP = "kb: comma list from off, single, multi, auto, auto_gradient (default off,single,auto)"
@@ -31,10 +55,13 @@ def run_kb(args) -> int:
 
     try:
         configs = tuple(c.strip() for c in (args.configs or "off,single,auto").split(",") if c.strip())
-        settings = kb.KBSettings(data=args.data, configs=configs, split=args.split, model=args.model,
-                                 index=args.index, retrieval_only=args.retrieval_only, decoding=args.decoding,
-                                 l1=None if args.l1 in (None, "", "none", "int8") else args.l1,
-                                 gate_model=args.gate_model, max_new_tokens=args.max_new_tokens or 96,
+        profile = profile_settings(args.profile) if args.profile else {}
+        l1 = profile.get("l1") if args.l1 in (None, "int8") else args.l1
+        settings = kb.KBSettings(data=args.data, configs=configs, split=args.split,
+                                 model=args.model or profile.get("model"), index=args.index,
+                                 retrieval_only=args.retrieval_only, decoding=args.decoding,
+                                 l1=None if l1 in (None, "", "none", "int8") else l1,
+                                 general_prompt=profile.get("general_prompt", ""), gate_model=args.gate_model, max_new_tokens=args.max_new_tokens or 96,
                                  budget_tokens=args.budget_tokens, thresholds=args.thresholds,
                                  threads=args.threads, limit=args.limit,
                                  out=args.out or "results/eval/kb" + ("-retrieval" if args.retrieval_only else ""))

@@ -43,6 +43,8 @@ PARAMS = {
                              "flagged degraded", range=(0.001, 600.0)),
     "retrieve_timeout_s": Param(15.0, "deadline of one retrieval call; missed: the answer comes without "
                                 "retrieval, flagged degraded", range=(0.001, 600.0)),
+    "general_prompt": Param("", "system prompt of questions answered without documents (retrieval level 0); "
+                            "empty: the chat template's default"),
     "entropy_gate_tau": Param(0.0, "> 0: the paper's lossy entropy gate (answers flagged lossy); 0: lossless",
                               range=(0.0, 100.0)),
 }
@@ -178,7 +180,8 @@ class VerifierNode(HolaNode):
                       drafter=self._drafter if self.param("use_drafter") else None,
                       retrieve=self._retriever if self.param("use_retriever") else None,
                       on_block=on_block, should_stop=lambda: job.cancelled,
-                      generation_options={"entropy_gate_tau": tau} if tau > 0 else None)
+                      generation_options={"entropy_gate_tau": tau} if tau > 0 else None,
+                      general_prompt=self.param("general_prompt"))
 
     def _finished(self, job: GatewayJob, outcome: Outcome) -> None:
         """Exactly once per accepted request: the final chunk, then the awaiting handler resumes."""

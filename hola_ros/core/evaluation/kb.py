@@ -143,6 +143,7 @@ class KBSettings:
     decoding: str = "hsd"  # hsd (L0 n-gram drafter, lossless) or ar
     l1: str | None = None  # level-1 drafter (the quality profile's 0.5B under a 1.5B target)
     gate_model: str = "smollm2-135m-instruct"  # LM of auto_gradient
+    general_prompt: str = ""  # the verifier's general_prompt (system prompt at retrieval level 0)
     max_new_tokens: int = 96
     budget_tokens: int | None = None  # None: the retriever's default
     thresholds: str | None = None  # a gate thresholds YAML; None: the packaged one
@@ -264,7 +265,8 @@ def run_item(config: str, item: KBItem, settings: KBSettings, resources) -> dict
                                 max_new_tokens=settings.max_new_tokens, temperature=0.0,
                                 retrieval_mode=_mode(config), decoding_mode=settings.decoding)
     outcome = answer(request, resources.target(), drafter=resources.drafter(),
-                     retrieve=None if config == "off" else resources.retrieve(config))
+                     retrieve=None if config == "off" else resources.retrieve(config),
+                     general_prompt=settings.general_prompt)
     return row_for(config, item, outcome.stats, outcome.text or "", outcome.success, outcome.error)
 
 

@@ -289,9 +289,12 @@ class AdaCompRetriever:
         """What the documents say about the query, without an LM: the best cosine similarity, the
         share of the query's terms the index knows, its two-word phrases that the candidates hold,
         identifiers the index holds, and the specific query terms that the selected passages still
-        miss (the follow-up query of level 2)."""
+        miss (the follow-up query of level 2); and what the index has never seen: the query's terms
+        (`unknown_terms`) and its codes (`unknown_codes`: E-999, CD-7; a measurement such as 1.5m/s
+        starts with a digit and is no code)."""
         concepts = lexical.concepts(query)
         known = self.store.lexical.known(concepts)
+        unknown = [t for t in concepts if t not in set(known)]
         specific = [t for t in known if self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
         covered = set(lexical.terms(" ".join(p.text for p in passages)))
         ids = lexical.identifiers(query)
@@ -299,7 +302,9 @@ class AdaCompRetriever:
                 "known": len(known) / len(concepts) if concepts else 0.0,
                 "phrases": lexical.shared_phrases(query, [c.passage["text"] for c in fused]),
                 "identifiers": len(self.store.lexical.known(ids)),
-                "missing": [t for t in specific if t not in covered]}
+                "missing": [t for t in specific if t not in covered],
+                "unknown_terms": unknown,
+                "unknown_codes": [t for t in ids if t in unknown and t[0].isalpha()]}
 
 
 def gather_context(question: str, mode: str,

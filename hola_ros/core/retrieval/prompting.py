@@ -10,15 +10,25 @@ exchange instead of stopping (the loop seen with SmolLM2), so those tokens are n
 Asked to cite in the text, the 0.5B model answered with the bracketed name alone or lost the fact
 (docs/retrieval.md), so the source is not the model's job: `source_note` names the passage the
 answer draws on (the one sharing the most terms with it), and the pipeline appends it.
+
+What the small models cannot judge (measured on the KB dev set's tune half, docs/retrieval.md):
+whether the documents hold an answer. Asked yes/no, the 0.5B's odds did not separate answerable
+from unanswerable questions, and it answers "the password is bw-fleet" from the network's name.
+So two checks come from the index instead of the model: a question naming a code (E-999, CD-7)
+that no document holds gets `unknown_codes_answer` without a generation, and a bare refusal to a
+question whose every term the index knows is asked once more without the refusal rule
+(`compose_messages(..., refusal=False)`): that took the quality profile's false refusals on the
+tune half from 3 to 0 and cost the 0.5B nothing there.
 """
 from __future__ import annotations
 
 NOT_IN_DOCUMENTS = "The documents do not say."
-SYSTEM_PROMPT = (
+GROUNDING_RULES = (
     "You answer questions about the robots and the site they work in, using the documents given with the "
     "question. The answer is usually in one of the documents: find the row or sentence that matches the question "
-    "and copy codes, figures and units exactly. If the question asks for two things, answer both. Give a short answer. "
-    f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}")
+    "and copy codes, figures and units exactly. If the question asks for two things, answer both. Give a short answer.")
+REFUSAL_RULE = f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}"
+SYSTEM_PROMPT = f"{GROUNDING_RULES} {REFUSAL_RULE}"
 NO_DOCUMENTS = "(no document matched the question)"
 # where a grounded answer is over: the model starts another question, document or turn
 ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
@@ -32,13 +42,28 @@ def context_block(passages) -> str:
     return "".join(format_passage(p) for p in passages).rstrip()
 
 
-def compose_messages(question: str, passages, grounded: bool = True) -> list[dict]:
-    """Chat messages for the target. grounded=False (retrieval level 0): the plain question."""
+def compose_messages(question: str, passages, grounded: bool = True, general_prompt: str = "",
+                     refusal: bool = True) -> list[dict]:
+    """Chat messages for the target. grounded=False (retrieval level 0): the plain question, under
+    `general_prompt` as system prompt when one is given (else the chat template's default).
+    refusal=False: the grounding rules without the rule to reply NOT_IN_DOCUMENTS (the re-check)."""
     if not grounded:
-        return [{"role": "user", "content": question}]
+        system = [{"role": "system", "content": general_prompt}] if general_prompt.strip() else []
+        return system + [{"role": "user", "content": question}]
     documents = context_block(passages) if passages else NO_DOCUMENTS
-    return [{"role": "system", "content": SYSTEM_PROMPT},
+    return [{"role": "system", "content": SYSTEM_PROMPT if refusal else GROUNDING_RULES},
             {"role": "user", "content": f"Documents:\n{documents}\n\nQuestion: {question}"}]
+
+
+def is_bare_refusal(answer: str) -> bool:
+    """The answer is the refusal sentence and nothing else."""
+    return " ".join(answer.split()).rstrip(".").lower() == NOT_IN_DOCUMENTS.rstrip(".").lower()
+
+
+def unknown_codes_answer(codes) -> str:
+    """The answer to a question naming codes that no document holds."""
+    named = ", ".join(c.upper() for c in codes)
+    return f"{NOT_IN_DOCUMENTS} No document mentions {named}."
 
 
 def follow_up_messages(question: str, passages) -> list[dict]:
