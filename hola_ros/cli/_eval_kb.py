@@ -61,7 +61,8 @@ def run_kb(args) -> int:
                                  model=args.model or profile.get("model"), index=args.index,
                                  retrieval_only=args.retrieval_only, decoding=args.decoding,
                                  l1=None if l1 in (None, "", "none", "int8") else l1,
-                                 general_prompt=profile.get("general_prompt", ""), gate_model=args.gate_model, max_new_tokens=args.max_new_tokens or 96,
+                                 general_prompt=profile.get("general_prompt", ""), gate_model=args.gate_model,
+                                 max_new_tokens=args.max_new_tokens or 96,
                                  budget_tokens=args.budget_tokens, thresholds=args.thresholds,
                                  threads=args.threads, limit=args.limit,
                                  out=args.out or "results/eval/kb" + ("-retrieval" if args.retrieval_only else ""))
