@@ -1,6 +1,8 @@
 """pipeline.answer's own steps: the repetition guard ends a looping answer as a success."""
 from types import SimpleNamespace
 
+import pytest
+
 from helpers_tiny import tiny_model
 from hola_ros.core import pipeline
 from hola_ros.core.pipeline import RepetitionGuard
@@ -45,7 +47,7 @@ def test_a_looping_answer_ends_as_a_success_with_stop_reason_repetition(monkeypa
 
 # ---- what the index knows decides two things the small models cannot ---------------------------
 from hola_ros.core.retrieval.adacomp import Passage, RetrievalDecision  # noqa: E402
-from hola_ros.core.retrieval.prompting import NOT_IN_DOCUMENTS, REFUSAL_RULE  # noqa: E402
+from hola_ros.core.retrieval.prompting import FULL_RULE, NOT_IN_DOCUMENTS, REFUSAL_RULE  # noqa: E402
 
 DOCK_ROW = Passage("| CD-5 | maintenance bay (Zone M), left bay | standard charger |", "02-charging-docks.md", 0.6)
 
@@ -126,13 +128,42 @@ def test_a_question_the_gate_leaves_ungrounded_goes_to_the_model_under_the_gener
                                {"role": "user", "content": "What is COVID-19?"}]]
 
 
-def test_held_refusal_lets_any_other_answer_flow_as_soon_as_it_differs():
+def test_held_answer_flows_as_soon_as_it_is_neither_the_refusal_nor_the_question_again():
     out = []
-    held = pipeline.HeldRefusal(lambda ids, text: out.append((ids, text)))
+    held = pipeline.HeldAnswer(lambda ids, text: out.append((ids, text)), "Where is dock CD-5?")
     held.feed([1], "The")
-    held.feed([2], " documents")
+    held.feed([2], " documents do")
     assert out == []  # still the refusal's beginning
-    held.feed([3], " list CD-5")
-    assert out == [([1, 2, 3], "The documents list CD-5")]
-    held.feed([4], ".")
-    assert out[-1] == ([4], ".")
+    held.feed([3], " list CD-5.")
+    assert out == [([1, 2, 3], "The documents do list CD-5.")]
+    held.feed([4], " Yes")
+    assert out[-1] == ([4], " Yes")
+    out.clear()
+    held = pipeline.HeldAnswer(lambda ids, text: out.append((ids, text)), "Where is dock CD-5?")
+    held.feed([1], "Dock CD-5 is in the main")  # only the question's words, "main" may be unfinished
+    assert out == []
+    held.feed([2], "tenance bay")
+    assert out == [([1, 2], "Dock CD-5 is in the maintenance bay")]
+
+
+def _model_that_echoes_unless_asked_in_full(target, in_full_answer):
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+        text = in_full_answer if FULL_RULE in target.prompts[-1][0]["content"] else "CD-5"
+        on_block([7], text)
+        return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 1})
+    return fake
+
+
+@pytest.mark.parametrize("in_full, expected", [
+    ("CD-5 is in the maintenance bay.", "CD-5 is in the maintenance bay. [02-charging-docks.md]"),
+    ("Charging dock CD-5.", NOT_IN_DOCUMENTS)])  # asked in full it still adds nothing: no answer
+def test_an_answer_that_only_repeats_the_question_is_asked_again_in_full(monkeypatch, in_full, expected):
+    target = _Target()
+    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_unless_asked_in_full(target, in_full))
+    streamed = []
+    request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=_retrieve(), on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed) == expected  # the echo was never streamed
+    assert "echo_rechecked" in outcome.stats["flags"] and outcome.stats["echo"]["answer"] == "CD-5"
+    assert [FULL_RULE in m[0]["content"] for m in target.prompts] == [False, True]

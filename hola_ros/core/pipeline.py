@@ -11,8 +11,9 @@ from typing import Callable
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
-from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, compose_messages, follow_up_messages,
-                                               is_bare_refusal, source_note, unknown_codes_answer)
+from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
+                                               follow_up_messages, is_bare_refusal, new_terms, source_note,
+                                               unknown_codes_answer)
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -46,12 +47,14 @@ class RepetitionGuard:
                 self.tripped = self.tripped or counts[sentence] >= self.times
 
 
-class HeldRefusal:
-    """Streams an answer, holding text back only while it may still be the bare refusal: a refusal
-    that the pipeline re-checks is never shown, and any other answer flows on at once."""
+class HeldAnswer:
+    """Streams a grounded answer once it says something: text is held back while it may still be
+    the bare refusal or repeats only the question's own words (complete words; the last one may
+    be unfinished), so an answer the pipeline replaces is never shown; any other flows on at once."""
 
-    def __init__(self, emit: Callable[[list[int], str], None]):
-        self.emit, self.ids, self.text, self.holding = emit, [], "", True
+    def __init__(self, emit: Callable[[list[int], str], None], question: str):
+        self.emit, self.question = emit, question
+        self.ids, self.text, self.holding = [], "", True
 
     def feed(self, token_ids, text) -> None:
         if not self.holding:
@@ -59,7 +62,8 @@ class HeldRefusal:
             return
         self.ids += list(token_ids)
         self.text += text
-        if not NOT_IN_DOCUMENTS.lower().startswith(" ".join(self.text.split()).lower()):
+        may_refuse = NOT_IN_DOCUMENTS.lower().startswith(" ".join(self.text.split()).lower())
+        if not may_refuse and new_terms(re.sub(r"\S*$", "", self.text), self.question):
             self.release()
 
     def release(self) -> None:
@@ -151,28 +155,55 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
 
     cancelled = should_stop or (lambda: False)
     run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options)
-    held = HeldRefusal(emit) if grounded else None
     try:
-        result, stop_reason = _generate(request, target, compose_messages(request.prompt, passages, grounded,
-                                                                          general_prompt),
-                                        grounded, emit=held.feed if held else emit, **run)
-        if grounded and _may_recheck(evidence, passages, result.text, stop_reason):
-            held.discard()
-            stats["flags"].append("refusal_rechecked")
-            stats["recheck"] = {"refused_new_tokens": result.stats.get("new_tokens", 0)}
-            result, stop_reason = _generate(request, target,
-                                            compose_messages(request.prompt, passages, refusal=False),
-                                            grounded, emit=emit, **run)
-        elif held:
-            held.release()
+        if grounded:
+            result, text, stop_reason = _grounded(request, target, passages, evidence, stats, emit, run)
+        else:
+            messages = compose_messages(request.prompt, [], False, general_prompt)
+            result, stop_reason = _generate(request, target, messages, False, emit=emit, **run)
+            text = result.text
     except PromptTooLong as exc:
         return Outcome(False, str(exc), stats={**stats, "stop_reason": "error"})
-    return _finish(request, result, stop_reason, passages if grounded else [], stats, emit, started)
+    return _finish(request, result, text, stop_reason, passages if grounded else [], stats, emit, started)
 
 
-def _finish(request, result, stop_reason: str, passages: list, stats: dict, emit, started: float) -> Outcome:
+def _grounded(request: GenerationRequest, target, passages: list, evidence: dict, stats: dict, emit, run: dict):
+    """(result, text, stop_reason) of a grounded answer, with its two re-checks: a bare refusal to a
+    question whose every term the index knows is asked again without the refusal rule; an answer
+    that repeats only the question's words is asked again for a complete sentence, and when that
+    adds nothing either, the answer is NOT_IN_DOCUMENTS. A replaced attempt is never streamed."""
+    question = request.prompt
+
+    def attempt(**rules):
+        held = HeldAnswer(emit, question)
+        result, stop_reason = _generate(request, target, compose_messages(question, passages, **rules), True,
+                                        emit=held.feed, **run)
+        return held, result, stop_reason
+
+    held, result, stop_reason = attempt()
+    if _may_recheck(evidence, passages, result.text, stop_reason):
+        held.discard()
+        stats["flags"].append("refusal_rechecked")
+        stats["recheck"] = {"refused_new_tokens": result.stats.get("new_tokens", 0)}
+        held, result, stop_reason = attempt(refusal=False)
+    if stop_reason == "cancelled" or not adds_nothing(result.text, question):
+        held.release()
+        return result, result.text, stop_reason
+    held.discard()
+    stats["flags"].append("echo_rechecked")
+    stats["echo"] = {"answer": result.text, "new_tokens": result.stats.get("new_tokens", 0)}
+    held, result, stop_reason = attempt(in_full=True)
+    if stop_reason == "cancelled" or not adds_nothing(result.text, question):
+        held.release()
+        return result, result.text, stop_reason
+    held.discard()
+    emit([], NOT_IN_DOCUMENTS)
+    return result, NOT_IN_DOCUMENTS, stop_reason
+
+
+def _finish(request, result, text: str, stop_reason: str, passages: list, stats: dict, emit,
+            started: float) -> Outcome:
     """The answer with its source note (streamed like the rest), flags and stats."""
-    text = result.text
     note = source_note(text, passages) if passages and stop_reason != "cancelled" else ""
     if note:  # the answer names the document it draws on
         text += note

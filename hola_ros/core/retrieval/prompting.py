@@ -14,11 +14,13 @@ answer draws on (the one sharing the most terms with it), and the pipeline appen
 What the small models cannot judge (measured on the KB dev set's tune half, docs/retrieval.md):
 whether the documents hold an answer. Asked yes/no, the 0.5B's odds did not separate answerable
 from unanswerable questions, and it answers "the password is bw-fleet" from the network's name.
-So two checks come from the index instead of the model: a question naming a code (E-999, CD-7)
-that no document holds gets `unknown_codes_answer` without a generation, and a bare refusal to a
-question whose every term the index knows is asked once more without the refusal rule
-(`compose_messages(..., refusal=False)`): that took the quality profile's false refusals on the
-tune half from 3 to 0 and cost the 0.5B nothing there.
+So the checks come from the index and the question's own words instead of the model (the
+pipeline runs them): a question naming a code (E-999, CD-7) that no document holds gets
+`unknown_codes_answer` without a generation; a bare refusal to a question whose every term the
+index knows is asked once more without the refusal rule (`compose_messages(..., refusal=False)`);
+an answer that `adds_nothing` to the question ("CD-5" to "Where is CD-5?", the password answer
+above) is asked once more for a complete sentence (`in_full=True`), and is no answer when that
+adds nothing either.
 """
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ NOT_IN_DOCUMENTS = "The documents do not say."
 GROUNDING_RULES = (
     "You answer questions about the robots and the site they work in, using the documents given with the "
     "question. The answer is usually in one of the documents: find the row or sentence that matches the question "
-    "and copy codes, figures and units exactly. If the question asks for two things, answer both. Give a short answer.")
+    "and copy codes, figures and units exactly. If the question asks for two things, answer both.")
+SHORT_RULE = "Give a short answer."
+FULL_RULE = "Answer in one complete sentence that states what the question asks for."
 REFUSAL_RULE = f"If the documents do not contain the answer, reply only: {NOT_IN_DOCUMENTS}"
-SYSTEM_PROMPT = f"{GROUNDING_RULES} {REFUSAL_RULE}"
+SYSTEM_PROMPT = f"{GROUNDING_RULES} {SHORT_RULE} {REFUSAL_RULE}"
 NO_DOCUMENTS = "(no document matched the question)"
 # where a grounded answer is over: the model starts another question, document or turn
 ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
@@ -43,16 +47,32 @@ def context_block(passages) -> str:
 
 
 def compose_messages(question: str, passages, grounded: bool = True, general_prompt: str = "",
-                     refusal: bool = True) -> list[dict]:
+                     refusal: bool = True, in_full: bool = False) -> list[dict]:
     """Chat messages for the target. grounded=False (retrieval level 0): the plain question, under
     `general_prompt` as system prompt when one is given (else the chat template's default).
-    refusal=False: the grounding rules without the rule to reply NOT_IN_DOCUMENTS (the re-check)."""
+    refusal=False: without the rule to reply NOT_IN_DOCUMENTS (the refusal re-check);
+    in_full=True: a complete sentence instead of a short answer (the echo re-check)."""
     if not grounded:
         system = [{"role": "system", "content": general_prompt}] if general_prompt.strip() else []
         return system + [{"role": "user", "content": question}]
     documents = context_block(passages) if passages else NO_DOCUMENTS
-    return [{"role": "system", "content": SYSTEM_PROMPT if refusal else GROUNDING_RULES},
+    rules = " ".join([GROUNDING_RULES, FULL_RULE if in_full else SHORT_RULE] + ([REFUSAL_RULE] if refusal else []))
+    return [{"role": "system", "content": rules},
             {"role": "user", "content": f"Documents:\n{documents}\n\nQuestion: {question}"}]
+
+
+def new_terms(answer: str, question: str) -> set[str]:
+    """The answer's terms that the question does not already hold."""
+    from .lexical import terms
+
+    return set(terms(answer)) - set(terms(question))
+
+
+def adds_nothing(answer: str, question: str) -> bool:
+    """The answer only repeats the question's own words ("CD-5" to "Where is CD-5?"): no answer."""
+    from .lexical import terms
+
+    return bool(terms(answer)) and not new_terms(answer, question)
 
 
 def is_bare_refusal(answer: str) -> bool:
