@@ -12,8 +12,8 @@ from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
-                                               follow_up_messages, is_bare_refusal, new_terms, source_note,
-                                               unknown_codes_answer)
+                                               follow_up_messages, is_bare_refusal, may_become_refusal,
+                                               new_terms, source_note, unknown_codes_answer)
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -62,8 +62,7 @@ class HeldAnswer:
             return
         self.ids += list(token_ids)
         self.text += text
-        may_refuse = NOT_IN_DOCUMENTS.lower().startswith(" ".join(self.text.split()).lower())
-        if not may_refuse and new_terms(re.sub(r"\S*$", "", self.text), self.question):
+        if not may_become_refusal(self.text) and new_terms(re.sub(r"\S*$", "", self.text), self.question):
             self.release()
 
     def release(self) -> None:

@@ -294,7 +294,7 @@ class AdaCompRetriever:
         starts with a digit and is no code)."""
         concepts = lexical.concepts(query)
         known = self.store.lexical.known(concepts)
-        unknown = [t for t in concepts if t not in set(known)]
+        unknown = [t for t in concepts if t not in known]
         specific = [t for t in known if self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
         covered = set(lexical.terms(" ".join(p.text for p in passages)))
         ids = lexical.identifiers(query)

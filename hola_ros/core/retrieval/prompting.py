@@ -72,12 +72,22 @@ def adds_nothing(answer: str, question: str) -> bool:
     """The answer only repeats the question's own words ("CD-5" to "Where is CD-5?"): no answer."""
     from .lexical import terms
 
-    return bool(terms(answer)) and not new_terms(answer, question)
+    said = set(terms(answer))
+    return bool(said) and said <= set(terms(question))
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split()).lower()
 
 
 def is_bare_refusal(answer: str) -> bool:
     """The answer is the refusal sentence and nothing else."""
-    return " ".join(answer.split()).rstrip(".").lower() == NOT_IN_DOCUMENTS.rstrip(".").lower()
+    return _plain(answer).rstrip(".") == _plain(NOT_IN_DOCUMENTS).rstrip(".")
+
+
+def may_become_refusal(text: str) -> bool:
+    """The text so far is the beginning of the bare refusal (streaming: it may still become one)."""
+    return _plain(NOT_IN_DOCUMENTS).startswith(_plain(text))
 
 
 def unknown_codes_answer(codes) -> str:
