@@ -167,3 +167,37 @@ def test_an_answer_that_only_repeats_the_question_is_asked_again_in_full(monkeyp
     assert outcome.success and outcome.text == "".join(streamed) == expected  # the echo was never streamed
     assert "echo_rechecked" in outcome.stats["flags"] and outcome.stats["echo"]["answer"] == "CD-5"
     assert [FULL_RULE in m[0]["content"] for m in target.prompts] == [False, True]
+
+
+def _table_retrieve(question_passages):
+    return lambda query, mode, budget: RetrievalDecision(1, float("nan"), question_passages, 60, 1,
+                                                         {"evidence": {"unknown_terms": [], "unknown_codes": []}})
+
+
+def test_a_code_that_keys_a_table_row_is_answered_with_the_row_and_its_source(monkeypatch):
+    from test_retrieval_lookup import DOCKS
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the model must not be asked")
+    monkeypatch.setattr(pipeline, "generate", no_generation)
+    request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    streamed = []
+    outcome = pipeline.answer(request, _Target(), retrieve=_table_retrieve([DOCKS]),
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed)
+    assert outcome.text == ("CD-5 — Location: maintenance bay (Zone M), left bay. Notes: standard charger; "
+                            "used for battery conditioning. [02-charging-docks.md]")
+    assert outcome.stats["stop_reason"] == "table_row" and outcome.stats["new_tokens"] == 0
+
+
+def test_table_lookup_off_leaves_every_answer_to_the_model(monkeypatch):
+    from test_retrieval_lookup import DOCKS
+
+    target = _Target()
+    monkeypatch.setattr(pipeline, "generate", _model_that_refuses_when_allowed(target))
+    request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=_table_retrieve([DOCKS]), table_lookup=False)
+    assert outcome.success and "table_row" not in outcome.stats["flags"] and len(target.prompts) == 2
+    assert outcome.text.startswith("CD-5 is in the maintenance bay.")

@@ -11,6 +11,7 @@ from typing import Callable
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
+from hola_ros.core.retrieval.lookup import row_answer
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
                                                follow_up_messages, is_bare_refusal, may_become_refusal,
                                                new_terms, source_note, unknown_codes_answer)
@@ -134,10 +135,13 @@ def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) ->
 
 
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
-           should_stop=None, generation_options: dict | None = None, general_prompt: str = "") -> Outcome:
+           should_stop=None, generation_options: dict | None = None, general_prompt: str = "",
+           table_lookup: bool = True) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
     without retrieval, flagged. `drafter` failures are handled inside generate() the same way.
-    `general_prompt`: system prompt of a question answered without documents (level 0)."""
+    `general_prompt`: system prompt of a question answered without documents (level 0);
+    `table_lookup`: a question about a code that keys a retrieved table row is answered with
+    that row (`retrieval.lookup`), without a generation."""
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
@@ -146,11 +150,11 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     emit = on_block or (lambda token_ids, text: None)
     codes = evidence.get("unknown_codes") if grounded else None
     if codes:  # the documents cannot say anything about a code none of them holds: no generation
-        text = unknown_codes_answer(codes)
-        emit([], text)
-        stats.update(flags=stats["flags"] + ["unknown_code"], stop_reason="unknown_code", new_tokens=0,
-                     decoding_mode=request.decoding_mode, total_s=time.monotonic() - started)
-        return Outcome(True, text=text, stats=stats)
+        return _without_model(request, unknown_codes_answer(codes), "unknown_code", stats, emit, started)
+    row = row_answer(request.prompt, passages) if grounded and table_lookup else None
+    if row:  # the code's own table row is the answer
+        sources = " ".join(f"[{s}]" for s in row.sources)
+        return _without_model(request, f"{row.text} {sources}", "table_row", stats, emit, started)
 
     cancelled = should_stop or (lambda: False)
     run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options)
@@ -164,6 +168,14 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     except PromptTooLong as exc:
         return Outcome(False, str(exc), stats={**stats, "stop_reason": "error"})
     return _finish(request, result, text, stop_reason, passages if grounded else [], stats, emit, started)
+
+
+def _without_model(request: GenerationRequest, text: str, reason: str, stats: dict, emit, started: float) -> Outcome:
+    """An answer the documents decide alone (stop reason and flag `reason`): no tokens generated."""
+    emit([], text)
+    stats.update(flags=stats["flags"] + [reason], stop_reason=reason, new_tokens=0,
+                 decoding_mode=request.decoding_mode, total_s=time.monotonic() - started)
+    return Outcome(True, text=text, stats=stats)
 
 
 def _grounded(request: GenerationRequest, target, passages: list, evidence: dict, stats: dict, emit, run: dict):
