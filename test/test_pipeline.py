@@ -146,26 +146,28 @@ def test_held_answer_flows_as_soon_as_it_is_neither_the_refusal_nor_the_question
     assert out == [([1, 2], "Dock CD-5 is in the maintenance bay")]
 
 
-def _model_that_echoes_unless_asked_in_full(target, in_full_answer):
+def _model_that_echoes_unless_asked_in_full(target, in_full_answer, echo="CD-5"):
     def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
-        text = in_full_answer if FULL_RULE in target.prompts[-1][0]["content"] else "CD-5"
+        text = in_full_answer if FULL_RULE in target.prompts[-1][0]["content"] else echo
         on_block([7], text)
         return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 1})
     return fake
 
 
-@pytest.mark.parametrize("in_full, expected", [
-    ("CD-5 is in the maintenance bay.", "CD-5 is in the maintenance bay. [02-charging-docks.md]"),
-    ("Charging dock CD-5.", NOT_IN_DOCUMENTS)])  # asked in full it still adds nothing: no answer
-def test_an_answer_that_only_repeats_the_question_is_asked_again_in_full(monkeypatch, in_full, expected):
+@pytest.mark.parametrize("echo, in_full, expected", [
+    ("CD-5", "CD-5 is in the maintenance bay.", "CD-5 is in the maintenance bay. [02-charging-docks.md]"),
+    ("CD-5", "Charging dock CD-5.", NOT_IN_DOCUMENTS),  # asked in full it still adds nothing: no answer
+    ("[02-charging-docks.md]", "CD-5 is in the maintenance bay.",  # a source name alone is no answer either
+     "CD-5 is in the maintenance bay. [02-charging-docks.md]")])
+def test_an_answer_that_only_repeats_the_question_is_asked_again_in_full(monkeypatch, echo, in_full, expected):
     target = _Target()
-    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_unless_asked_in_full(target, in_full))
+    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_unless_asked_in_full(target, in_full, echo))
     streamed = []
     request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
                                 decoding_mode="ar")
     outcome = pipeline.answer(request, target, retrieve=_retrieve(), on_block=lambda ids, text: streamed.append(text))
     assert outcome.success and outcome.text == "".join(streamed) == expected  # the echo was never streamed
-    assert "echo_rechecked" in outcome.stats["flags"] and outcome.stats["echo"]["answer"] == "CD-5"
+    assert "echo_rechecked" in outcome.stats["flags"] and outcome.stats["echo"]["answer"] == echo
     assert [FULL_RULE in m[0]["content"] for m in target.prompts] == [False, True]
 
 

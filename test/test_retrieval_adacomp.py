@@ -13,7 +13,7 @@ from hola_ros.core.retrieval.adacomp import (  # noqa: E402
     AdaCompRetriever, Passage, RetrievalDecision, fit_budget, gather_context, lm_follow_up)
 from hola_ros.core.retrieval.gate import query_gradient  # noqa: E402
 from hola_ros.core.retrieval.prompting import (  # noqa: E402
-    NOT_IN_DOCUMENTS, compose_messages, context_block, source_note)
+    NOT_IN_DOCUMENTS, adds_nothing, compose_messages, context_block, new_terms, source_note)
 
 KB_QUERY = "Which charging docks are the fast chargers?"
 
@@ -264,3 +264,12 @@ def test_the_default_retriever_serves_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["onnxruntime", "evidence", "False", "True"]
+
+
+def test_an_answer_adds_nothing_when_it_holds_only_the_questions_words_or_a_source_name():
+    q = "Where is charging dock CD-5?"
+    assert adds_nothing("CD-5", q) and adds_nothing("Charging dock CD-5.", q)
+    assert adds_nothing("[02-charging-docks.md]", q) and adds_nothing(" . ", q)
+    assert not adds_nothing("In the maintenance bay [02-charging-docks.md]", q)
+    assert not adds_nothing("Yes.", "Is CD-5 in the maintenance bay?")  # no term, yet an answer
+    assert new_terms("CD-5 [02-charging-docks.md]", q) == set()

@@ -24,6 +24,8 @@ adds nothing either.
 """
 from __future__ import annotations
 
+import re
+
 NOT_IN_DOCUMENTS = "The documents do not say."
 GROUNDING_RULES = (
     "You answer questions about the robots and the site they work in, using the documents given with the "
@@ -36,6 +38,8 @@ SYSTEM_PROMPT = f"{GROUNDING_RULES} {SHORT_RULE} {REFUSAL_RULE}"
 NO_DOCUMENTS = "(no document matched the question)"
 # where a grounded answer is over: the model starts another question, document or turn
 ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
+# a bracketed name without spaces, as the passages are headed ("[02-charging-docks.md]"): a source, not an answer
+_SOURCE_TAG = re.compile(r"\[[^\s\[\]]+\]")
 
 
 def format_passage(p) -> str:
@@ -61,19 +65,29 @@ def compose_messages(question: str, passages, grounded: bool = True, general_pro
             {"role": "user", "content": f"Documents:\n{documents}\n\nQuestion: {question}"}]
 
 
+def _said(answer: str) -> str:
+    """The answer without the source names it may cite."""
+    return _SOURCE_TAG.sub(" ", answer)
+
+
 def new_terms(answer: str, question: str) -> set[str]:
-    """The answer's terms that the question does not already hold."""
+    """The answer's terms that the question does not already hold (source names aside)."""
     from .lexical import terms
 
-    return set(terms(answer)) - set(terms(question))
+    return set(terms(_said(answer))) - set(terms(question))
 
 
 def adds_nothing(answer: str, question: str) -> bool:
-    """The answer only repeats the question's own words ("CD-5" to "Where is CD-5?"): no answer."""
+    """No answer: only the question's own words ("CD-5" to "Where is CD-5?"), or only a source
+    name ("[02-charging-docks.md]", as the 0.5B once answered). A word the term list leaves out
+    ("Yes.") still counts as said."""
     from .lexical import terms
 
-    said = set(terms(answer))
-    return bool(said) and said <= set(terms(question))
+    said = _said(answer)
+    if not said.strip(" \t\n.,;:!?"):
+        return True
+    found = set(terms(said))
+    return bool(found) and found <= set(terms(question))
 
 
 def _plain(text: str) -> str:
