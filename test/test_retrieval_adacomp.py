@@ -214,6 +214,40 @@ def test_level_two_issues_a_second_retrieval(retriever):
     assert one.retrievals == 1
 
 
+def test_a_question_that_joins_two_is_retrieved_part_by_part(index_dir):
+    r = AdaCompRetriever(index_dir)
+    calls = []
+
+    def retrieve(query, mode, budget):
+        calls.append((query, mode, budget))
+        return r.retrieve(query, mode, budget)
+
+    q = "Which access point covers Zone B, and what is the speed limit in the Zone B aisles?"
+    d = gather_context(q, "auto", retrieve, follow_up=lambda q, ps: pytest.fail("the parts are the follow-ups"))
+    assert d.level == 2 and d.retrievals == 3 == len(calls)
+    assert calls[1:] == [("Which access point covers Zone B?", "single", r.budget_tokens // 2),
+                         ("what is the speed limit in the Zone B aisles?", "single", r.budget_tokens // 2)]
+    context = context_block(d.passages)
+    assert "AP-2 in Zone B" in context and "| Zone B aisles | 1.2 m/s |" in context  # one document each
+    assert [p["query"] for p in d.detail["parts"]] == [c[0] for c in calls[1:]]
+    assert d.context_tokens == sum(p.tokens for p in d.passages) <= r.budget_tokens
+    assert len({p.text for p in d.passages}) == len(d.passages)
+    calls.clear()
+    single = gather_context(q, "single", retrieve, follow_up=None)  # single-shot means one retrieval
+    assert single.level == 1 and len(calls) == 1
+
+
+def test_question_parts_split_joined_questions_only():
+    from hola_ros.core.retrieval.lexical import question_parts
+
+    assert question_parts("When is a battery replaced, and how much does it weigh?") == [
+        "When is a battery replaced?", "how much does it weigh?"]
+    assert question_parts("What does E-201 mean and at what temperatures does the battery work?")[1] == \
+        "at what temperatures does the battery work?"
+    for one in ("What colour do you get when you mix blue and yellow paint?", "Where are the docks CD-1 and CD-3?"):
+        assert question_parts(one) == [one]
+
+
 def test_level_two_with_an_lm_written_follow_up(retriever, tiny_lm):
     write = lm_follow_up(tiny_lm.model, tiny_lm.tokenizer, max_new_tokens=6)
     d = gather_context(KB_QUERY, "multi", retriever.retrieve, follow_up=write)

@@ -314,15 +314,21 @@ def gather_context(question: str, mode: str,
     """Run the retrieval for one request; at level 2, a follow-up query and a second retrieval.
 
     retrieve(query, mode, budget) may be in-process (`AdaCompRetriever.retrieve`) or a ROS client.
-    The follow-up query is the retriever's own (the question's specific terms its first passages
-    miss) when it has one, else follow_up(question, passages) writes it (the target model).
-    The first step keeps at most half the budget so the second one has room; the merged list is
-    de-duplicated and re-fitted to the budget using each passage's token count.
+    A question that joins several ("When is a battery replaced, and how much does it weigh?") is
+    retrieved part by part (level 2, unless the mode is `single`): the two facts often sit in two
+    documents, and the whole question's passages held only one of them on the tune half.
+    Otherwise the follow-up query is the retriever's own (the question's specific terms its first
+    passages miss) when it has one, else follow_up(question, passages) writes it (the target
+    model). The first step keeps at most half the budget so the second one has room; the merged
+    list is de-duplicated and re-fitted to the budget using each passage's token count.
     """
     first = retrieve(question, mode, budget_tokens)
+    budget = int(first.detail.get("budget_tokens", budget_tokens or 0)) or sum(p.tokens for p in first.passages)
+    parts = lexical.question_parts(question)
+    if first.level >= 1 and mode != "single" and len(parts) > 1:
+        return _by_parts(parts, first, retrieve, budget)
     if first.level < 2:
         return first
-    budget = int(first.detail.get("budget_tokens", budget_tokens or 0)) or sum(p.tokens for p in first.passages)
     detail = dict(first.detail)
     query2 = first.detail.get("follow_up_query") or (follow_up(question, first.passages) if follow_up else "")
     query2 = (query2 or "").strip()
@@ -337,16 +343,35 @@ def gather_context(question: str, mode: str,
         kept.append(p)
         used += p.tokens
     second = retrieve(query2, "single", max(budget - used, 1))
+    merged, used = _merge(kept + second.passages, budget)
+    detail["follow_up"] = {"query": query2, "by": "retriever" if first.detail.get("follow_up_query") else "model",
+                           "detail": second.detail}
+    return RetrievalDecision(2, first.score, merged, used, first.retrievals + second.retrievals, detail)
+
+
+def _merge(passages: list[Passage], budget: int) -> tuple[list[Passage], int]:
+    """Passages in order, each text once, as many as the token budget holds: (kept, tokens)."""
     merged, seen, used = [], set(), 0
-    for p in kept + second.passages:
+    for p in passages:
         if p.text in seen or used + p.tokens > budget:
             continue
         seen.add(p.text)
         merged.append(p)
         used += p.tokens
-    detail["follow_up"] = {"query": query2, "by": "retriever" if first.detail.get("follow_up_query") else "model",
-                           "detail": second.detail}
-    return RetrievalDecision(2, first.score, merged, used, first.retrievals + second.retrievals, detail)
+    return merged, used
+
+
+def _by_parts(parts: list[str], first: RetrievalDecision, retrieve, budget: int) -> RetrievalDecision:
+    """Level 2 of a question that joins several: one single-shot retrieval per part with an equal
+    share of the budget, merged in part order (the whole question's own passages only decided
+    the level)."""
+    share = max(budget // len(parts), 1)
+    found = [retrieve(part, "single", share) for part in parts]
+    merged, used = _merge([p for d in found for p in d.passages], budget)
+    detail = dict(first.detail, k=len(merged),
+                  parts=[{"query": q, "sources": [p.source for p in d.passages], "detail": d.detail}
+                         for q, d in zip(parts, found)])
+    return RetrievalDecision(2, first.score, merged, used, first.retrievals + sum(d.retrievals for d in found), detail)
 
 
 __all__ = ["AdaCompRetriever", "RetrievalDecision", "Passage", "gather_context", "default_index_dir",

@@ -68,6 +68,20 @@ def concepts(text: str) -> list[str]:
     return list(dict.fromkeys(out + _words(text[pos:])))
 
 
+_ASKS = (r"(?:(?:at|in|on|for|from|to|after|before|by|with|under)\s+)?"
+         r"(?:what|when|where|which|who|whom|whose|why|how|is|are|does|do|did|can|could|may|must|should|will)\b")
+# a second question joined to the first: "..., and how ...", "... and at what ...", "...; is ..."
+_SECOND_CLAUSE = re.compile(rf"\s*(?:,\s*and|\band|;)\s+(?={_ASKS})", re.IGNORECASE)
+
+
+def question_parts(question: str) -> list[str]:
+    """The questions a question joins ("When is a battery replaced, and how much does it weigh?" ->
+    "When is a battery replaced?", "how much does it weigh?"); one part when it asks one thing."""
+    parts = [p.strip().rstrip("?").strip() for p in _SECOND_CLAUSE.split(question)]
+    parts = [p for p in parts if p]
+    return [f"{p}?" for p in parts] if len(parts) > 1 else [question]
+
+
 def shared_phrases(query: str, texts: list[str]) -> int:
     """How many two-term phrases of the query ("access point", "zone c") occur in one of `texts`."""
     words = concepts(query)

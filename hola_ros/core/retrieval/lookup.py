@@ -14,16 +14,10 @@ Anything else goes to the model as before.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from . import lexical
 from .chunking import split_units
-
-_ASKS = (r"(?:(?:at|in|on|for|from|to|after|before|by|with|under)\s+)?"
-         r"(?:what|when|where|which|who|whom|whose|why|how|is|are|does|do|did|can|could|may|must|should|will)\b")
-# a second question joined to the first: "..., and how ...", "... and at what ...", "...; is ..."
-_SECOND_CLAUSE = re.compile(rf"(?:,\s*and|\band|;)\s+{_ASKS}", re.IGNORECASE)
 
 
 @dataclass
@@ -69,7 +63,7 @@ def _say(row: Row) -> str:
 def row_answer(question: str, passages) -> RowAnswer | None:
     """The rows that answer `question` (rules in the module docstring), or None."""
     codes = [t for t in dict.fromkeys(lexical.identifiers(question)) if t[0].isalpha()]
-    if not codes or _SECOND_CLAUSE.search(question):
+    if not codes or len(lexical.question_parts(question)) > 1:
         return None
     rows = [r for r in keyed_rows(passages) if r.key in codes]
     if sorted(r.key for r in rows) != sorted(codes):  # a code without a row, or keying two rows
