@@ -68,9 +68,7 @@ def row_answer(question: str, passages) -> RowAnswer | None:
     rows = [r for r in keyed_rows(passages) if r.key in codes]
     if sorted(r.key for r in rows) != sorted(codes):  # a code without a row, or keying two rows
         return None
-    covered = set()
-    for r in rows:
-        covered |= set(lexical.terms(r.passage_text))
+    covered = {t for text in {r.passage_text for r in rows} for t in lexical.terms(text)}  # two rows may share one
     if any(t not in covered for t in lexical.concepts(question)):
         return None
     rows.sort(key=lambda r: codes.index(r.key))
