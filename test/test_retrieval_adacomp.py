@@ -138,6 +138,8 @@ def test_evidence_names_the_terms_and_codes_no_document_holds(index_dir):
     speed = r.retrieve("Can a robot drive at 1.7m/s past the canteen password desk?").detail["evidence"]
     assert speed["unknown_codes"] == []  # a measurement is no code
     assert "password" in speed["unknown_terms"] and "1.7m/s" in speed["unknown_terms"]
+    often = r.retrieve("How often are the safety scanner fields recertified?").detail["evidence"]
+    assert often["unknown_terms"] == []  # "how often" asks for a figure no document words that way
 
 
 def test_evidence_gate_goes_multi_step_on_missing_specific_terms(index_dir):
@@ -235,6 +237,33 @@ def test_a_question_that_joins_two_is_retrieved_part_by_part(index_dir):
     calls.clear()
     single = gather_context(q, "single", retrieve, follow_up=None)  # single-shot means one retrieval
     assert single.level == 1 and len(calls) == 1
+
+
+def test_a_part_that_points_back_is_searched_with_the_first_part(index_dir):
+    r = AdaCompRetriever(index_dir)
+    calls = []
+
+    def retrieve(query, mode, budget):
+        calls.append(query)
+        return r.retrieve(query, mode, budget)
+
+    q = "How wide are the Zone C aisles and what is the speed limit in them?"
+    d = gather_context(q, "auto", retrieve, follow_up=None)
+    assert calls[1:] == ["How wide are the Zone C aisles?",
+                         "what is the speed limit in them? How wide are the Zone C aisles?"]
+    context = context_block(d.passages)
+    assert "2.1 m" in context and "| Zone C aisles (narrow) | 0.8 m/s |" in context
+    alone = r.retrieve("what is the speed limit in them?", "single", r.budget_tokens // 2)
+    assert "| Zone C aisles (narrow) | 0.8 m/s |" not in context_block(alone.passages)  # why the first part goes along
+
+
+def test_part_queries_carry_the_first_part_only_where_a_pronoun_points_back():
+    from hola_ros.core.retrieval.lexical import part_queries
+
+    assert part_queries(["When is a battery replaced?", "how much does it weigh?"]) == [
+        "When is a battery replaced?", "how much does it weigh? When is a battery replaced?"]
+    independent = ["How often are the scanner fields recertified?", "how long are mission logs kept?"]
+    assert part_queries(independent) == independent
 
 
 def test_question_parts_split_joined_questions_only():

@@ -290,11 +290,11 @@ class AdaCompRetriever:
         share of the query's terms the index knows, its two-word phrases that the candidates hold,
         identifiers the index holds, and the specific query terms that the selected passages still
         miss (the follow-up query of level 2); and what the index has never seen: the query's terms
-        (`unknown_terms`) and its codes (`unknown_codes`: E-999, CD-7; a measurement such as 1.5m/s
-        starts with a digit and is no code)."""
+        (`unknown_terms`; words that only ask, as in "how often", do not count) and its codes
+        (`unknown_codes`: E-999, CD-7; a measurement such as 1.5m/s starts with a digit: no code)."""
         concepts = lexical.concepts(query)
         known = self.store.lexical.known(concepts)
-        unknown = [t for t in concepts if t not in known]
+        unknown = [t for t in concepts if t not in known and t not in lexical.ASKING_WORDS]
         specific = [t for t in known if self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
         covered = set(lexical.terms(" ".join(p.text for p in passages)))
         ids = lexical.identifiers(query)
@@ -364,13 +364,14 @@ def _merge(passages: list[Passage], budget: int) -> tuple[list[Passage], int]:
 def _by_parts(parts: list[str], first: RetrievalDecision, retrieve, budget: int) -> RetrievalDecision:
     """Level 2 of a question that joins several: one single-shot retrieval per part with an equal
     share of the budget, merged in part order (the whole question's own passages only decided
-    the level)."""
+    the level). A part that points back ("... in them?") is searched with the first part's words."""
     share = max(budget // len(parts), 1)
-    found = [retrieve(part, "single", share) for part in parts]
+    queries = lexical.part_queries(parts)
+    found = [retrieve(query, "single", share) for query in queries]
     merged, used = _merge([p for d in found for p in d.passages], budget)
     detail = dict(first.detail, k=len(merged),
                   parts=[{"query": q, "sources": [p.source for p in d.passages], "detail": d.detail}
-                         for q, d in zip(parts, found)])
+                         for q, d in zip(queries, found)])
     return RetrievalDecision(2, first.score, merged, used, first.retrievals + sum(d.retrievals for d in found), detail)
 
 

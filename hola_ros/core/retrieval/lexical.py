@@ -82,6 +82,21 @@ def question_parts(question: str) -> list[str]:
     return [f"{p}?" for p in parts] if len(parts) > 1 else [question]
 
 
+# a later part that points back ("how much does it weigh?") is searched with the first part's words
+_REFERS_BACK = re.compile(r"\b(?:it|its|they|them|their|there|that|this|those|these)\b", re.IGNORECASE)
+
+
+def part_queries(parts: list[str]) -> list[str]:
+    """Search queries for a question's parts: a part whose pronoun stands for something the first
+    part names ("... Zone C aisles, and what is the speed limit in them?") carries the first part."""
+    return [p if i == 0 or not _REFERS_BACK.search(p) else f"{p} {parts[0]}" for i, p in enumerate(parts)]
+
+
+# words that ask for a quantity ("how far", "how often", "how long") or only relate terms: no document
+# states them, so a question using them is no less covered by the documents
+ASKING_WORDS = frozenset({"far", "often", "long", "soon", "without", "within"})
+
+
 def shared_phrases(query: str, texts: list[str]) -> int:
     """How many two-term phrases of the query ("access point", "zone c") occur in one of `texts`."""
     words = concepts(query)
