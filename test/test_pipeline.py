@@ -193,13 +193,27 @@ def test_a_code_that_keys_a_table_row_is_answered_with_the_row_and_its_source(mo
     assert outcome.stats["stop_reason"] == "table_row" and outcome.stats["new_tokens"] == 0
 
 
-def test_table_lookup_off_leaves_every_answer_to_the_model(monkeypatch):
+def test_a_faq_entry_that_asks_the_question_is_the_answer(monkeypatch):
+    from test_retrieval_lookup import FAQ
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the model must not be asked")
+    monkeypatch.setattr(pipeline, "generate", no_generation)
+    request = GenerationRequest(prompt="How do I move a robot by hand?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    outcome = pipeline.answer(request, _Target(), retrieve=_table_retrieve([FAQ]))
+    assert outcome.text == ("Only when it is switched off: turn the yellow key to OFF and pull the brake release "
+                            "lever. [12-faq.md]")
+    assert outcome.stats["stop_reason"] == "faq_entry" and outcome.stats["new_tokens"] == 0
+
+
+def test_document_lookup_off_leaves_every_answer_to_the_model(monkeypatch):
     from test_retrieval_lookup import DOCKS
 
     target = _Target()
     monkeypatch.setattr(pipeline, "generate", _model_that_refuses_when_allowed(target))
     request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
                                 decoding_mode="ar")
-    outcome = pipeline.answer(request, target, retrieve=_table_retrieve([DOCKS]), table_lookup=False)
+    outcome = pipeline.answer(request, target, retrieve=_table_retrieve([DOCKS]), document_lookup=False)
     assert outcome.success and "table_row" not in outcome.stats["flags"] and len(target.prompts) == 2
     assert outcome.text.startswith("CD-5 is in the maintenance bay.")

@@ -13,15 +13,16 @@ def add_arguments(p) -> None:
     g.add_argument("--gate-model", default="smollm2-135m-instruct", help="kb: LM of the auto_gradient gate")
     g.add_argument("--budget-tokens", type=int, default=None, help="kb: context budget (default: the retriever's)")
     g.add_argument("--thresholds", default=None, help="kb: gate thresholds YAML (default: the packaged one)")
-    g.add_argument("--no-table-lookup", dest="table_lookup", action="store_false",
-                   help="kb: every grounded answer from the model, also where a code's table row would answer")
+    g.add_argument("--no-document-lookup", dest="document_lookup", action="store_false",
+                   help="kb: every grounded answer from the model, also where a code's table row or a FAQ "
+                        "entry would answer")
     g.add_argument("--profile", metavar="PARAMS.yaml", default=None,
                    help="kb: a node parameters file (config/quality.yaml): its verifier model and general_prompt "
                         "and its drafter l1_model, unless --model / --l1 say otherwise")
 
 
 def profile_settings(path) -> dict:
-    """model, l1, general_prompt and table_lookup of a node parameters file (hola-ros up --params FILE)."""
+    """model, l1, general_prompt and document_lookup of a node parameters file (hola-ros up --params FILE)."""
     import yaml
 
     try:
@@ -35,7 +36,7 @@ def profile_settings(path) -> dict:
     for key, node in doc.items():
         p = (node or {}).get("ros__parameters", {}) if isinstance(node, dict) else {}
         if str(key).endswith("hola_verifier"):
-            params.update({k: p[k] for k in ("model", "general_prompt", "table_lookup") if k in p})
+            params.update({k: p[k] for k in ("model", "general_prompt", "document_lookup") if k in p})
         elif str(key).endswith("hola_drafter") and "l1_model" in p:
             params["l1"] = p["l1_model"]
     return params
@@ -64,7 +65,7 @@ def run_kb(args) -> int:
                                  retrieval_only=args.retrieval_only, decoding=args.decoding,
                                  l1=None if l1 in (None, "", "none", "int8") else l1,
                                  general_prompt=profile.get("general_prompt", ""), gate_model=args.gate_model,
-                                 table_lookup=args.table_lookup and bool(profile.get("table_lookup", True)),
+                                 document_lookup=args.document_lookup and bool(profile.get("document_lookup", True)),
                                  max_new_tokens=args.max_new_tokens or 96,
                                  budget_tokens=args.budget_tokens, thresholds=args.thresholds,
                                  threads=args.threads, limit=args.limit,

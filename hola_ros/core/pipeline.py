@@ -11,7 +11,7 @@ from typing import Callable
 from hola_ros.core.hsd import GenerationConfig, generate
 from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
-from hola_ros.core.retrieval.lookup import row_answer
+from hola_ros.core.retrieval.lookup import document_answer
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
                                                follow_up_messages, is_bare_refusal, may_become_refusal,
                                                new_terms, source_note, unknown_codes_answer)
@@ -136,12 +136,13 @@ def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) ->
 
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None, general_prompt: str = "",
-           table_lookup: bool = True) -> Outcome:
+           document_lookup: bool = True) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
     without retrieval, flagged. `drafter` failures are handled inside generate() the same way.
     `general_prompt`: system prompt of a question answered without documents (level 0);
-    `table_lookup`: a question about a code that keys a retrieved table row is answered with
-    that row (`retrieval.lookup`), without a generation."""
+    `document_lookup`: a question about a code that keys a retrieved table row, or one that a
+    retrieved FAQ entry asks, is answered with that row or entry (`retrieval.lookup`), without a
+    generation."""
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
@@ -151,10 +152,10 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     codes = evidence.get("unknown_codes") if grounded else None
     if codes:  # the documents cannot say anything about a code none of them holds: no generation
         return _without_model(request, unknown_codes_answer(codes), "unknown_code", stats, emit, started)
-    row = row_answer(request.prompt, passages) if grounded and table_lookup else None
-    if row:  # the code's own table row is the answer
-        sources = " ".join(f"[{s}]" for s in row.sources)
-        return _without_model(request, f"{row.text} {sources}", "table_row", stats, emit, started)
+    found = document_answer(request.prompt, passages) if grounded and document_lookup else None
+    if found:  # the code's own table row, or the FAQ entry that asks the question, is the answer
+        sources = " ".join(f"[{s}]" for s in found.sources)
+        return _without_model(request, f"{found.text} {sources}", found.kind, stats, emit, started)
 
     cancelled = should_stop or (lambda: False)
     run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options)

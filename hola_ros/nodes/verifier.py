@@ -45,8 +45,9 @@ PARAMS = {
                                 "retrieval, flagged degraded", range=(0.001, 600.0)),
     "general_prompt": Param("", "system prompt of questions answered without documents (retrieval level 0); "
                             "empty: the chat template's default"),
-    "table_lookup": Param(True, "a question about a code (E-214, CD-5) that keys a retrieved table row is "
-                          "answered with that row, without a generation (stop reason table_row)"),
+    "document_lookup": Param(True, "a question about a code (E-214, CD-5) that keys a retrieved table row, or "
+                             "one that a retrieved FAQ entry asks, is answered with that row or entry, "
+                             "without a generation (stop reason table_row / faq_entry)"),
     "entropy_gate_tau": Param(0.0, "> 0: the paper's lossy entropy gate (answers flagged lossy); 0: lossless",
                               range=(0.0, 100.0)),
 }
@@ -183,7 +184,7 @@ class VerifierNode(HolaNode):
                       retrieve=self._retriever if self.param("use_retriever") else None,
                       on_block=on_block, should_stop=lambda: job.cancelled,
                       generation_options={"entropy_gate_tau": tau} if tau > 0 else None,
-                      general_prompt=self.param("general_prompt"), table_lookup=self.param("table_lookup"))
+                      general_prompt=self.param("general_prompt"), document_lookup=self.param("document_lookup"))
 
     def _finished(self, job: GatewayJob, outcome: Outcome) -> None:
         """Exactly once per accepted request: the final chunk, then the awaiting handler resumes."""

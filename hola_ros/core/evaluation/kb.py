@@ -144,7 +144,7 @@ class KBSettings:
     l1: str | None = None  # level-1 drafter (the quality profile's 0.5B under a 1.5B target)
     gate_model: str = "smollm2-135m-instruct"  # LM of auto_gradient
     general_prompt: str = ""  # the verifier's general_prompt (system prompt at retrieval level 0)
-    table_lookup: bool = True  # the verifier's table_lookup (a code's table row answers without a generation)
+    document_lookup: bool = True  # the verifier's document_lookup (a table row or FAQ entry answers without a generation)
     max_new_tokens: int = 96
     budget_tokens: int | None = None  # None: the retriever's default
     thresholds: str | None = None  # a gate thresholds YAML; None: the packaged one
@@ -267,7 +267,7 @@ def run_item(config: str, item: KBItem, settings: KBSettings, resources) -> dict
                                 retrieval_mode=_mode(config), decoding_mode=settings.decoding)
     outcome = answer(request, resources.target(), drafter=resources.drafter(),
                      retrieve=None if config == "off" else resources.retrieve(config),
-                     general_prompt=settings.general_prompt, table_lookup=settings.table_lookup)
+                     general_prompt=settings.general_prompt, document_lookup=settings.document_lookup)
     return row_for(config, item, outcome.stats, outcome.text or "", outcome.success, outcome.error)
 
 

@@ -1,6 +1,8 @@
-"""Answers read off a table row: a question about a code (E-214, CD-5) that keys a row of a
-retrieved table is answered with that row, cell by cell under its column names, without a
-generation.
+"""Answers read off the documents' structure, without a generation: a code's table row, and a
+FAQ entry that asks the question.
+
+A question about a code (E-214, CD-5) that keys a row of a retrieved table is answered with that
+row, cell by cell under its column names.
 
 The small models misread rows they were given (the 0.5B answered "Where is charging dock CD-5?"
 with "CD-5" and then with a refusal, the CD-5 row in its context; "CD-1 and CD-3" with CD-1's
@@ -10,10 +12,23 @@ location for both), and a code's row is exactly what an operator asks for. So a 
 - the question asks one thing (no second clause: "... mean, and at what temperature ...");
 - every term of the question occurs in the passages that hold those rows (their heading, column
   names, rows and prose), so the question asks about the row and nothing else.
+
+A question that a retrieved FAQ entry (a line "**Question?** Answer") asks is answered with the
+entry's answer: the 0.5B answered "Can I move a robot by hand?" with "Yes, you can move a robot
+by hand." although the entry in its context says only when it is switched off. An entry asks the
+question when
+- the question asks one thing, and every term of the entry's question is in it;
+- every question word of the entry (what, who, how...) is one of the question's;
+- every term of the question is in the entry (its question or answer), so nothing the operator
+  added ("... in Zone C at night?") goes unanswered; a term counts when it and an entry term
+  begin alike (charging, chargers), as two stems of one word may not;
+- exactly one retrieved entry does, from a passage that was not trimmed to the budget (a trimmed
+  one may have lost a sentence of the answer).
 Anything else goes to the model as before.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import lexical
@@ -30,9 +45,10 @@ class Row:
 
 
 @dataclass
-class RowAnswer:
+class LookedUp:
     text: str
     sources: list[str]
+    kind: str  # table_row or faq_entry: the stop reason of the answer
 
 
 def _cells(line: str) -> list[str]:
@@ -60,7 +76,7 @@ def _say(row: Row) -> str:
     return f"{row.cells[0]} — " + " ".join(said)
 
 
-def row_answer(question: str, passages) -> RowAnswer | None:
+def row_answer(question: str, passages) -> LookedUp | None:
     """The rows that answer `question` (rules in the module docstring), or None."""
     codes = [t for t in dict.fromkeys(lexical.identifiers(question)) if t[0].isalpha()]
     if not codes or len(lexical.question_parts(question)) > 1:
@@ -72,4 +88,59 @@ def row_answer(question: str, passages) -> RowAnswer | None:
     if any(t not in covered for t in lexical.concepts(question)):
         return None
     rows.sort(key=lambda r: codes.index(r.key))
-    return RowAnswer(" ".join(_say(r) for r in rows), list(dict.fromkeys(r.source for r in rows)))
+    return LookedUp(" ".join(_say(r) for r in rows), list(dict.fromkeys(r.source for r in rows)), "table_row")
+
+
+_FAQ_ENTRY = re.compile(r"^\*\*(?P<question>[^*\n]+\?)\*\*[ \t]*(?P<answer>\S.*)$", re.MULTILINE)
+_QUESTION_WORDS = frozenset("what which who whom whose when where why how".split())
+SAME_WORD_PREFIX = 5  # letters two terms must share to count as one word (charg-ing, charg-ers)
+
+
+@dataclass
+class FaqEntry:
+    question: str
+    answer: str
+    source: str
+
+
+def faq_entries(passages) -> list[FaqEntry]:
+    """The "**Question?** Answer" lines of the passages not trimmed to the budget, each once."""
+    found = {}
+    for p in passages:
+        if not p.trimmed:
+            for m in _FAQ_ENTRY.finditer(p.text):
+                found.setdefault((p.source, m["question"]), FaqEntry(m["question"].strip(), m["answer"].strip(), p.source))
+    return list(found.values())
+
+
+def _question_words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower())) & _QUESTION_WORDS
+
+
+def _covered(term: str, known: set[str]) -> bool:
+    return term in known or (len(term) >= SAME_WORD_PREFIX and any(
+        len(k) >= SAME_WORD_PREFIX and k[:SAME_WORD_PREFIX] == term[:SAME_WORD_PREFIX] for k in known))
+
+
+def _asks(entry: FaqEntry, question: str) -> bool:
+    asked = set(lexical.concepts(question))
+    entry_terms = set(lexical.terms(f"{entry.question} {entry.answer}"))
+    return (set(lexical.concepts(entry.question)) <= asked
+            and _question_words(entry.question) <= _question_words(question)
+            and all(_covered(t, entry_terms) for t in asked))
+
+
+def faq_answer(question: str, passages) -> LookedUp | None:
+    """The answer of the one retrieved FAQ entry that asks `question` (rules in the module
+    docstring), or None."""
+    if len(lexical.question_parts(question)) > 1:
+        return None
+    matching = [e for e in faq_entries(passages) if _asks(e, question)]
+    if len(matching) != 1:
+        return None
+    return LookedUp(matching[0].answer, [matching[0].source], "faq_entry")
+
+
+def document_answer(question: str, passages) -> LookedUp | None:
+    """A code's table row, else the FAQ entry that asks the question, else None (the model answers)."""
+    return row_answer(question, passages) or faq_answer(question, passages)
