@@ -210,6 +210,8 @@ def test_level_two_issues_a_second_retrieval(retriever):
     assert len({p.text for p in d.passages}) == len(d.passages)
     assert d.context_tokens == sum(p.tokens for p in d.passages) <= 384
     assert d.detail["follow_up"]["query"] == "battery storage charge level"
+    second = retriever.retrieve("battery storage charge level", "single", calls[1][2])
+    assert d.passages[0].text == second.passages[0].text  # the follow-up found what was missing: it leads
     json.dumps(d.to_dict())  # the decision travels as JSON
 
     one = gather_context(KB_QUERY, "single", retrieve, follow_up=lambda q, ps: pytest.fail("not level 2"))

@@ -320,7 +320,9 @@ def gather_context(question: str, mode: str,
     Otherwise the follow-up query is the retriever's own (the question's specific terms its first
     passages miss) when it has one, else follow_up(question, passages) writes it (the target
     model). The first step keeps at most half the budget so the second one has room; the merged
-    list is de-duplicated and re-fitted to the budget using each passage's token count.
+    list is de-duplicated and re-fitted to the budget using each passage's token count. The second
+    step's passages come first: they hold the specific terms the first ones missed, and the 0.5B
+    refused "How long does a Tern T2 take to boot ...?" with the boot passage fourth of six.
     """
     first = retrieve(question, mode, budget_tokens)
     budget = int(first.detail.get("budget_tokens", budget_tokens or 0)) or sum(p.tokens for p in first.passages)
@@ -343,7 +345,7 @@ def gather_context(question: str, mode: str,
         kept.append(p)
         used += p.tokens
     second = retrieve(query2, "single", max(budget - used, 1))
-    merged, used = _merge(kept + second.passages, budget)
+    merged, used = _merge(second.passages + kept, budget)
     detail["follow_up"] = {"query": query2, "by": "retriever" if first.detail.get("follow_up_query") else "model",
                            "detail": second.detail}
     return RetrievalDecision(2, first.score, merged, used, first.retrievals + second.retrievals, detail)
