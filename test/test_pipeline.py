@@ -176,35 +176,23 @@ def _table_retrieve(question_passages):
                                                          {"evidence": {"unknown_terms": [], "unknown_codes": []}})
 
 
-def test_a_code_that_keys_a_table_row_is_answered_with_the_row_and_its_source(monkeypatch):
-    from test_retrieval_lookup import DOCKS
+@pytest.mark.parametrize("passage, question, expected, reason", [
+    ("DOCKS", "Where is charging dock CD-5?", "CD-5 — Location: maintenance bay (Zone M), left bay. Notes: standard "
+     "charger; used for battery conditioning. [02-charging-docks.md]", "table_row"),
+    ("FAQ", "How do I move a robot by hand?", "Only when it is switched off: turn the yellow key to OFF and pull the "
+     "brake release lever. [12-faq.md]", "faq_entry")])
+def test_a_table_row_or_faq_entry_is_the_answer_with_its_source(monkeypatch, passage, question, expected, reason):
+    import test_retrieval_lookup
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the model must not be asked")
     monkeypatch.setattr(pipeline, "generate", no_generation)
-    request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
-                                decoding_mode="ar")
+    request = GenerationRequest(prompt=question, request_id="q", max_new_tokens=32, decoding_mode="ar")
     streamed = []
-    outcome = pipeline.answer(request, _Target(), retrieve=_table_retrieve([DOCKS]),
+    outcome = pipeline.answer(request, _Target(), retrieve=_table_retrieve([getattr(test_retrieval_lookup, passage)]),
                               on_block=lambda ids, text: streamed.append(text))
-    assert outcome.success and outcome.text == "".join(streamed)
-    assert outcome.text == ("CD-5 — Location: maintenance bay (Zone M), left bay. Notes: standard charger; "
-                            "used for battery conditioning. [02-charging-docks.md]")
-    assert outcome.stats["stop_reason"] == "table_row" and outcome.stats["new_tokens"] == 0
-
-
-def test_a_faq_entry_that_asks_the_question_is_the_answer(monkeypatch):
-    from test_retrieval_lookup import FAQ
-
-    def no_generation(*args, **kwargs):
-        raise AssertionError("the model must not be asked")
-    monkeypatch.setattr(pipeline, "generate", no_generation)
-    request = GenerationRequest(prompt="How do I move a robot by hand?", request_id="q", max_new_tokens=32,
-                                decoding_mode="ar")
-    outcome = pipeline.answer(request, _Target(), retrieve=_table_retrieve([FAQ]))
-    assert outcome.text == ("Only when it is switched off: turn the yellow key to OFF and pull the brake release "
-                            "lever. [12-faq.md]")
-    assert outcome.stats["stop_reason"] == "faq_entry" and outcome.stats["new_tokens"] == 0
+    assert outcome.success and outcome.text == "".join(streamed) == expected
+    assert outcome.stats["stop_reason"] == reason and outcome.stats["new_tokens"] == 0
 
 
 def test_document_lookup_off_leaves_every_answer_to_the_model(monkeypatch):
