@@ -95,8 +95,8 @@ def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tup
         return [], False, {}
     stats.update(retrieval_level=decision.level, complexity_score=decision.score, retrievals=decision.retrievals,
                  context_tokens=decision.context_tokens, retrieval_detail=decision.detail,
-                 sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens}
-                          for p in decision.passages])
+                 sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens,
+                           "trimmed": p.trimmed} for p in decision.passages])
     return decision.passages, decision.level > 0, decision.detail.get("evidence") or {}
 
 

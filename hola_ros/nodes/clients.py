@@ -10,6 +10,7 @@ from typing import Callable
 
 from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
 from hola_ros.interfaces import DRAFT, RETRIEVE
+from hola_ros.nodes.convert import passage_from_msg
 from hola_ros.srv import Draft, Retrieve
 
 POLL_S = 0.05
@@ -81,7 +82,7 @@ class RemoteRetriever:
         self._timeout_s = timeout_s
 
     def __call__(self, query: str, mode: str, budget: int | None = None):
-        from hola_ros.core.retrieval.adacomp import Passage, RetrievalDecision
+        from hola_ros.core.retrieval.adacomp import RetrievalDecision
 
         request = Retrieve.Request(query=query, mode=mode, budget_tokens=-1 if budget is None else int(budget))
         timeout = self._timeout_s()
@@ -91,7 +92,6 @@ class RemoteRetriever:
         if not response.success:
             raise RetrieverUnavailable(f"retriever error: {response.error}")
         return RetrievalDecision(level=int(response.level), score=float(response.complexity_score),
-                                 passages=[Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens))
-                                           for p in response.passages],
+                                 passages=[passage_from_msg(p) for p in response.passages],
                                  context_tokens=int(response.context_tokens), retrievals=int(response.retrievals),
                                  detail=json.loads(response.detail_json) if response.detail_json else {})

@@ -6,6 +6,18 @@ import math
 from hola_ros.msg import GenerationStats, Passage
 
 
+def passage_to_msg(p) -> Passage:
+    """A retrieved passage (retrieval.adacomp.Passage) as a message, its trimmed flag included: the
+    verifier's FAQ look-up must not answer from an entry that lost a sentence."""
+    return Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens), trimmed=bool(p.trimmed))
+
+
+def passage_from_msg(msg: Passage):
+    from hola_ros.core.retrieval.adacomp import Passage as Retrieved
+
+    return Retrieved(msg.text, msg.source, float(msg.score), int(msg.tokens), bool(msg.trimmed))
+
+
 def stats_to_msg(stats: dict) -> GenerationStats:
     """Typed fields of GenerationStats from the engine's stats dict; the rest goes to detail_json."""
     msg = GenerationStats(retrieval_level=-1, complexity_score=math.nan)
@@ -14,7 +26,8 @@ def stats_to_msg(stats: dict) -> GenerationStats:
     for key, value in stats.items():
         if key == "sources":
             msg.sources = [Passage(text=str(p.get("text", "")), source=str(p.get("source", "")),
-                                   score=float(p.get("score", 0.0)), tokens=int(p.get("tokens", 0))) for p in value]
+                                   score=float(p.get("score", 0.0)), tokens=int(p.get("tokens", 0)),
+                                   trimmed=bool(p.get("trimmed", False))) for p in value]
         elif key in fields and key != "detail_json":
             current = getattr(msg, key)
             if isinstance(current, list):

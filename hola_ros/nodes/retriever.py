@@ -12,7 +12,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from hola_ros.core.retrieval.embedder import BACKENDS as EMBEDDER_BACKENDS
 from hola_ros.interfaces import RETRIEVE
-from hola_ros.msg import Passage
+from hola_ros.nodes.convert import passage_to_msg
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Retrieve
@@ -101,8 +101,7 @@ class RetrieverNode(HolaNode):
         self._served += 1
         response.success, response.level = True, int(decision.level)
         response.complexity_score = float(decision.score) if decision.score is not None else math.nan
-        response.passages = [Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens))
-                             for p in decision.passages]
+        response.passages = [passage_to_msg(p) for p in decision.passages]
         response.context_tokens, response.retrievals = int(decision.context_tokens), int(decision.retrievals)
         response.detail_json = json.dumps(decision.detail, default=str)
         return response
