@@ -205,3 +205,43 @@ def test_document_lookup_off_leaves_every_answer_to_the_model(monkeypatch):
     outcome = pipeline.answer(request, target, retrieve=_table_retrieve([DOCKS]), document_lookup=False)
     assert outcome.success and "table_row" not in outcome.stats["flags"] and len(target.prompts) == 2
     assert outcome.text.startswith("CD-5 is in the maintenance bay.")
+
+
+NETWORK = Passage("AP-1 in Zone A, AP-2 in Zone B.", "11-network.md", 0.5)
+SPEED = Passage("| Zone B aisles | 1.2 m/s |", "03-speed-limits.md", 0.5)
+ACCESS_AND_SPEED = "Which access point covers Zone B, and what is the speed limit in the Zone B aisles?"
+
+
+def _parts_retrieve():
+    """The whole question finds both passages; each part its own one (gather_context asks per part)."""
+    def retrieve(query, mode, budget):
+        found = [NETWORK, SPEED] if query == ACCESS_AND_SPEED else [NETWORK] if "access" in query else [SPEED]
+        return RetrievalDecision(1, float("nan"), found, 20, 1, {"evidence": {"unknown_terms": [], "unknown_codes": []}})
+    return retrieve
+
+
+def _model_that_echoes_the_first_part(target, whole):
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+        text = whole if ACCESS_AND_SPEED in target.prompts[-1][1]["content"] else "AP-2"
+        on_block([7], text)
+        return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 2})
+    return fake
+
+
+def test_a_part_the_answer_only_repeats_is_asked_alone_from_its_own_passages(monkeypatch):
+    target = _Target()
+    whole = "The access point covers Zone B, and the speed limit in the Zone B aisles is 1.2 m/s."
+    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_the_first_part(target, whole))
+    request = GenerationRequest(prompt=ACCESS_AND_SPEED, request_id="q", max_new_tokens=32, decoding_mode="ar")
+    streamed = []
+    outcome = pipeline.answer(request, target, retrieve=_parts_retrieve(), on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed)  # the first answer is continued, not taken back
+    assert outcome.text == f"{whole} [03-speed-limits.md] AP-2 [11-network.md]"
+    assert "part_rechecked" in outcome.stats["flags"]
+    asked_alone = target.prompts[-1][1]["content"]
+    assert asked_alone.endswith("Question: Which access point covers Zone B?")
+    assert "AP-2 in Zone B" in asked_alone and "1.2 m/s" not in asked_alone  # its own passages only
+    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_the_first_part(target, "AP-2 covers it; 1.2 m/s."))
+    target.prompts.clear()
+    whole_answer = pipeline.answer(request, target, retrieve=_parts_retrieve())
+    assert len(target.prompts) == 1 and "part_rechecked" not in whole_answer.stats["flags"]  # both parts answered

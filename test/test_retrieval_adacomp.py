@@ -233,6 +233,9 @@ def test_a_question_that_joins_two_is_retrieved_part_by_part(index_dir):
                          ("what is the speed limit in the Zone B aisles?", "single", r.budget_tokens // 2)]
     context = context_block(d.passages)
     assert "AP-2 in Zone B" in context and "| Zone B aisles | 1.2 m/s |" in context  # one document each
+    own = [context_block([d.passages[i] for i in part["passages"]]) for part in d.detail["parts"]]
+    assert "AP-2 in Zone B" in own[0] and "| Zone B aisles | 1.2 m/s |" in own[1]  # each part's own passages
+    assert d.detail["parts"][1]["question"] == "what is the speed limit in the Zone B aisles?"
     assert [p["query"] for p in d.detail["parts"]] == [c[0] for c in calls[1:]]
     assert d.context_tokens == sum(p.tokens for p in d.passages) <= r.budget_tokens
     assert len({p.text for p in d.passages}) == len(d.passages)
@@ -329,6 +332,15 @@ def test_the_default_retriever_serves_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["onnxruntime", "evidence", "False", "True"]
+
+
+def test_an_answer_echoes_a_part_when_one_of_its_clauses_holds_only_that_parts_words():
+    from hola_ros.core.retrieval.prompting import echoes
+
+    answer = "The access point covers Zone B, and the speed limit in the Zone B aisles is 1.2 m/s."
+    assert echoes(answer, "Which access point covers Zone B?")
+    assert not echoes(answer, "what is the speed limit in the Zone B aisles?")
+    assert not echoes("AP-2 covers Zone B, and the limit is 1.2 m/s.", "Which access point covers Zone B?")
 
 
 def test_an_answer_adds_nothing_when_it_holds_only_the_questions_words_or_a_source_name():

@@ -13,7 +13,7 @@ from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
 from hola_ros.core.retrieval.lookup import document_answer
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
-                                               follow_up_messages, is_bare_refusal, may_become_refusal,
+                                               echoes, follow_up_messages, is_bare_refusal, may_become_refusal,
                                                new_terms, source_note, unknown_codes_answer)
 from hola_ros.core.scheduler import Outcome
 
@@ -162,6 +162,8 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     try:
         if grounded:
             result, text, stop_reason = _grounded(request, target, passages, evidence, stats, emit, run)
+            if stop_reason != "cancelled" and not is_bare_refusal(text):
+                text = _echoed_parts(request, target, text, passages, stats, emit, run)
         else:
             messages = compose_messages(request.prompt, [], False, general_prompt)
             result, stop_reason = _generate(request, target, messages, False, emit=emit, **run)
@@ -211,6 +213,32 @@ def _grounded(request: GenerationRequest, target, passages: list, evidence: dict
     held.discard()
     emit([], NOT_IN_DOCUMENTS)
     return result, NOT_IN_DOCUMENTS, stop_reason
+
+
+def _echoed_parts(request: GenerationRequest, target, text: str, passages: list, stats: dict, emit, run: dict) -> str:
+    """A question that joins several, answered with a clause that only repeats one part ("The
+    access point covers Zone B, and ..."): that part is asked alone, from the passages its own
+    retrieval found, and what it adds is appended (after the source note of what came before, so
+    each half names its document). The streamed answer is never taken back, only continued."""
+    extra = []
+    for part in stats.get("retrieval_detail", {}).get("parts", []):
+        own = [passages[i] for i in part.get("passages", []) if i < len(passages)]
+        if not own or not echoes(text, part["question"]):
+            continue
+        question = part["question"][:1].upper() + part["question"][1:]
+        result, stop_reason = _generate(request, target, compose_messages(question, own), True,
+                                        emit=lambda token_ids, delta: None, **run)
+        said = result.text.strip()
+        stats.setdefault("parts_rechecked", []).append({"part": part["question"], "answer": said,
+                                                        "new_tokens": result.stats.get("new_tokens", 0)})
+        if stop_reason != "cancelled" and not is_bare_refusal(said) and not adds_nothing(said, part["question"]):
+            extra.append(said + source_note(said, own))
+    if not extra:
+        return text
+    stats["flags"].append("part_rechecked")
+    more = source_note(text, passages) + " " + " ".join(extra)
+    emit([], more)
+    return text + more
 
 
 def _finish(request, result, text: str, stop_reason: str, passages: list, stats: dict, emit,

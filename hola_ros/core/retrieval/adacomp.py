@@ -366,14 +366,17 @@ def _merge(passages: list[Passage], budget: int) -> tuple[list[Passage], int]:
 def _by_parts(parts: list[str], first: RetrievalDecision, retrieve, budget: int) -> RetrievalDecision:
     """Level 2 of a question that joins several: one single-shot retrieval per part with an equal
     share of the budget, merged in part order (the whole question's own passages only decided
-    the level). A part that points back ("... in them?") is searched with the first part's words."""
+    the level). A part that points back ("... in them?") is searched with the first part's words.
+    `detail.parts[i].passages`: the merged passages (indices) part i's own retrieval found."""
     share = max(budget // len(parts), 1)
     queries = lexical.part_queries(parts)
     found = [retrieve(query, "single", share) for query in queries]
     merged, used = _merge([p for d in found for p in d.passages], budget)
     detail = dict(first.detail, k=len(merged),
-                  parts=[{"query": q, "sources": [p.source for p in d.passages], "detail": d.detail}
-                         for q, d in zip(queries, found)])
+                  parts=[{"question": part, "query": q, "sources": [p.source for p in d.passages],
+                          "passages": [i for i, m in enumerate(merged) if m.text in {p.text for p in d.passages}],
+                          "detail": d.detail}
+                         for part, q, d in zip(parts, queries, found)])
     return RetrievalDecision(2, first.score, merged, used, first.retrievals + sum(d.retrievals for d in found), detail)
 
 

@@ -90,6 +90,17 @@ def adds_nothing(answer: str, question: str) -> bool:
     return bool(found) and found <= set(terms(question))
 
 
+def echoes(answer: str, part: str) -> bool:
+    """A clause of the answer holds only the words of `part`, a part of the question: "The access
+    point covers Zone B, and the speed limit ... is 1.2 m/s." echoes "Which access point covers
+    Zone B?" (the 0.5B's answer), so that part went unanswered."""
+    from .lexical import terms
+
+    asked = set(terms(part))
+    clauses = re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|;\s*", _said(answer))
+    return any(found and found <= asked for found in (set(terms(c)) for c in clauses))
+
+
 def _plain(text: str) -> str:
     return " ".join(text.split()).lower()
 
