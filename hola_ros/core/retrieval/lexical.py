@@ -68,8 +68,9 @@ def concepts(text: str) -> list[str]:
     return list(dict.fromkeys(out + _words(text[pos:])))
 
 
+QUESTION_WORDS = ("what", "when", "where", "which", "who", "whom", "whose", "why", "how")
 _ASKS = (r"(?:(?:at|in|on|for|from|to|after|before|by|with|under)\s+)?"
-         r"(?:what|when|where|which|who|whom|whose|why|how|is|are|does|do|did|can|could|may|must|should|will)\b")
+         rf"(?:{'|'.join(QUESTION_WORDS)}|is|are|does|do|did|can|could|may|must|should|will)\b")
 # a second question joined to the first: "..., and how ...", "... and at what ...", "...; is ..."
 _SECOND_CLAUSE = re.compile(rf"\s*(?:,\s*and|\band|;)\s+(?={_ASKS})", re.IGNORECASE)
 

@@ -92,7 +92,6 @@ def row_answer(question: str, passages) -> LookedUp | None:
 
 
 _FAQ_ENTRY = re.compile(r"^\*\*(?P<question>[^*\n]+\?)\*\*[ \t]*(?P<answer>\S.*)$", re.MULTILINE)
-_QUESTION_WORDS = frozenset("what which who whom whose when where why how".split())
 SAME_WORD_PREFIX = 5  # letters two terms must share to count as one word (charg-ing, charg-ers)
 
 
@@ -114,12 +113,13 @@ def faq_entries(passages) -> list[FaqEntry]:
 
 
 def _question_words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower())) & _QUESTION_WORDS
+    return set(re.findall(r"[a-z]+", text.lower())) & set(lexical.QUESTION_WORDS)
 
 
 def _covered(term: str, known: set[str]) -> bool:
+    # a shorter known term cannot share SAME_WORD_PREFIX letters with it
     return term in known or (len(term) >= SAME_WORD_PREFIX and any(
-        len(k) >= SAME_WORD_PREFIX and k[:SAME_WORD_PREFIX] == term[:SAME_WORD_PREFIX] for k in known))
+        k[:SAME_WORD_PREFIX] == term[:SAME_WORD_PREFIX] for k in known))
 
 
 def _asks(entry: FaqEntry, question: str) -> bool:
