@@ -334,13 +334,16 @@ def test_the_default_retriever_serves_without_torch(tmp_path):
     assert out.stdout.split() == ["onnxruntime", "evidence", "False", "True"]
 
 
-def test_an_answer_echoes_a_part_when_one_of_its_clauses_holds_only_that_parts_words():
+def test_an_answer_echoes_a_part_when_one_of_its_clauses_restates_that_part_and_nothing_more():
     from hola_ros.core.retrieval.prompting import echoes
 
     answer = "The access point covers Zone B, and the speed limit in the Zone B aisles is 1.2 m/s."
     assert echoes(answer, "Which access point covers Zone B?")
     assert not echoes(answer, "what is the speed limit in the Zone B aisles?")
     assert not echoes("AP-2 covers Zone B, and the limit is 1.2 m/s.", "Which access point covers Zone B?")
+    # a comma ends a clause too, but a short lead-in that holds a few of the part's words restates nothing
+    assert echoes("When a battery is replaced, it weighs 31 kg.", "When is a battery replaced?")
+    assert not echoes("In Zone B, the access point is AP-2.", "Which access point covers Zone B?")
 
 
 def test_an_answer_adds_nothing_when_it_holds_only_the_questions_words_or_a_source_name():

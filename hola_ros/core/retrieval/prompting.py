@@ -91,14 +91,17 @@ def adds_nothing(answer: str, question: str) -> bool:
 
 
 def echoes(answer: str, part: str) -> bool:
-    """A clause of the answer holds only the words of `part`, a part of the question: "The access
-    point covers Zone B, and the speed limit ... is 1.2 m/s." echoes "Which access point covers
-    Zone B?" (the 0.5B's answer), so that part went unanswered."""
+    """A clause of the answer restates `part`, a part of the question, and says nothing more: "The
+    access point covers Zone B, and the speed limit ... is 1.2 m/s." echoes "Which access point
+    covers Zone B?" (the 0.5B's answer), so that part went unanswered; so does "When a battery is
+    replaced, it weighs 31 kg." echo "When is a battery replaced?". Restating means holding only the
+    part's words and at least two thirds of them, so a short lead-in such as "In Zone B," is none."""
     from .lexical import terms
 
     asked = set(terms(part))
-    clauses = re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|;\s*", _said(answer))
-    return any(found and found <= asked for found in (set(terms(c)) for c in clauses))
+    clauses = re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|[;,]\s*", _said(answer))
+    return any(found and found <= asked and 3 * len(found) >= 2 * len(asked)
+               for found in (set(terms(c)) for c in clauses))
 
 
 def _plain(text: str) -> str:
