@@ -216,7 +216,7 @@ def _grounded(request: GenerationRequest, target, passages: list, evidence: dict
 
 
 def _echoed_parts(request: GenerationRequest, target, text: str, passages: list, stats: dict, emit, run: dict) -> str:
-    """A question that joins several, answered with a clause that only repeats one part ("The
+    """A question that joins several, answered with a clause that only restates one part ("The
     access point covers Zone B, and ..."): that part is asked alone, from the passages its own
     retrieval found, and what it adds is appended (after the source note of what came before, so
     each half names its document). The streamed answer is never taken back, only continued."""
