@@ -220,18 +220,19 @@ def _parts_retrieve():
     return retrieve
 
 
-def _model_that_echoes_the_first_part(target, whole):
+def _model_that_echoes_the_first_part(target, whole, part_answer="AP-2"):
     def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
-        text = whole if ACCESS_AND_SPEED in target.prompts[-1][1]["content"] else "AP-2"
+        text = whole if ACCESS_AND_SPEED in target.prompts[-1][1]["content"] else part_answer
         on_block([7], text)
         return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 2})
     return fake
 
 
-def test_a_part_the_answer_only_repeats_is_asked_alone_from_its_own_passages(monkeypatch):
+@pytest.mark.parametrize("part_answer", ["AP-2", "Which access point covers Zone B? AP-2"])
+def test_a_part_the_answer_only_repeats_is_asked_alone_from_its_own_passages(monkeypatch, part_answer):
     target = _Target()
     whole = "The access point covers Zone B, and the speed limit in the Zone B aisles is 1.2 m/s."
-    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_the_first_part(target, whole))
+    monkeypatch.setattr(pipeline, "generate", _model_that_echoes_the_first_part(target, whole, part_answer))
     request = GenerationRequest(prompt=ACCESS_AND_SPEED, request_id="q", max_new_tokens=32, decoding_mode="ar")
     streamed = []
     outcome = pipeline.answer(request, target, retrieve=_parts_retrieve(), on_block=lambda ids, text: streamed.append(text))

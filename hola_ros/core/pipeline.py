@@ -228,7 +228,7 @@ def _echoed_parts(request: GenerationRequest, target, text: str, passages: list,
         question = part["question"][:1].upper() + part["question"][1:]
         result, stop_reason = _generate(request, target, compose_messages(question, own), True,
                                         emit=lambda token_ids, delta: None, **run)
-        said = result.text.strip()
+        said = _without_question(result.text.strip(), question)
         stats.setdefault("parts_rechecked", []).append({"part": part["question"], "answer": said,
                                                         "new_tokens": result.stats.get("new_tokens", 0)})
         if stop_reason != "cancelled" and not is_bare_refusal(said) and not adds_nothing(said, part["question"]):
@@ -239,6 +239,12 @@ def _echoed_parts(request: GenerationRequest, target, text: str, passages: list,
     more = source_note(text, passages) + " " + " ".join(extra)
     emit([], more)
     return text + more
+
+
+def _without_question(said: str, question: str) -> str:
+    """The answer without the question it may begin by repeating ("When is a battery replaced?
+    Every ..." as the 0.5B answered a part asked alone)."""
+    return said[len(question):].lstrip() if said.lower().startswith(question.lower()) else said
 
 
 def _finish(request, result, text: str, stop_reason: str, passages: list, stats: dict, emit,
