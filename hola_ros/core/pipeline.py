@@ -6,6 +6,7 @@ benchmarks run it with in-process ones, so both paths share every step.
 import math
 import re
 import time
+from dataclasses import asdict
 from typing import Callable
 
 from hola_ros.core.hsd import GenerationConfig, generate
@@ -95,8 +96,7 @@ def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tup
         return [], False, {}
     stats.update(retrieval_level=decision.level, complexity_score=decision.score, retrievals=decision.retrievals,
                  context_tokens=decision.context_tokens, retrieval_detail=decision.detail,
-                 sources=[{"text": p.text, "source": p.source, "score": p.score, "tokens": p.tokens,
-                           "trimmed": p.trimmed} for p in decision.passages])
+                 sources=[asdict(p) for p in decision.passages])
     return decision.passages, decision.level > 0, decision.detail.get("evidence") or {}
 
 

@@ -7,9 +7,12 @@ from hola_ros.msg import GenerationStats, Passage
 
 
 def passage_to_msg(p) -> Passage:
-    """A retrieved passage (retrieval.adacomp.Passage) as a message, its trimmed flag included: the
-    verifier's FAQ look-up must not answer from an entry that lost a sentence."""
-    return Passage(text=p.text, source=p.source, score=float(p.score), tokens=int(p.tokens), trimmed=bool(p.trimmed))
+    """A retrieved passage (retrieval.adacomp.Passage, or its dict in answer stats' sources) as a
+    message, its trimmed flag included: the verifier's FAQ look-up must not answer from an entry
+    that lost a sentence."""
+    f = p if isinstance(p, dict) else vars(p)
+    return Passage(text=str(f.get("text", "")), source=str(f.get("source", "")), score=float(f.get("score", 0.0)),
+                   tokens=int(f.get("tokens", 0)), trimmed=bool(f.get("trimmed", False)))
 
 
 def passage_from_msg(msg: Passage):
@@ -25,9 +28,7 @@ def stats_to_msg(stats: dict) -> GenerationStats:
     rest = {}
     for key, value in stats.items():
         if key == "sources":
-            msg.sources = [Passage(text=str(p.get("text", "")), source=str(p.get("source", "")),
-                                   score=float(p.get("score", 0.0)), tokens=int(p.get("tokens", 0)),
-                                   trimmed=bool(p.get("trimmed", False))) for p in value]
+            msg.sources = [passage_to_msg(p) for p in value]
         elif key in fields and key != "detail_json":
             current = getattr(msg, key)
             if isinstance(current, list):
