@@ -92,3 +92,27 @@ def test_dropping_the_weight_files_pages_changes_no_logit(monkeypatch):
     dropped = np.array(session.forward(ids))
     session.close()
     assert np.array_equal(kept, dropped)
+
+
+def test_a_reused_prompt_prefix_gives_bitwise_the_fresh_prefills_logits_and_answer(served):
+    """kvcache.PromptCache: the second request shares the system turn (and the document) with the
+    first; it prefills only the rest, and its answer and every logit equal a cold start's."""
+    from hola_ros.core.kvcache import PromptCache
+
+    cache = PromptCache(served)
+    system = {"role": "system", "content": "Answer from the passage. " * 4}
+    first = served.chat_ids([system, {"role": "user", "content": PASSAGE + "\n\nWhere is CD-5?"}])
+    second = served.chat_ids([system, {"role": "user", "content": PASSAGE + "\n\nWhat does E-214 mean?"}])
+    generate(served, first, GenerationConfig(max_new_tokens=8), cache=cache)
+    warm = generate(served, second, GenerationConfig(max_new_tokens=24), cache=cache)
+    cold = generate(served, second, GenerationConfig(max_new_tokens=24))
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    assert warm.stats["reused_prompt_tokens"] == shared > 40 and cold.stats["reused_prompt_tokens"] == 0
+    assert warm.token_ids == cold.token_ids and len(cold.token_ids) > 5
+    session, reused = cache.session_for(second)
+    assert reused == shared
+    tail = np.array(session.forward(second[reused:]))
+    fresh = served.new_session()
+    full = np.array(fresh.forward(second))
+    session.close(), fresh.close()
+    assert np.array_equal(tail, full[reused:])

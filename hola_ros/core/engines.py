@@ -157,8 +157,10 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     def embed(ids: list[int]) -> np.ndarray:
         return quants.dequantize(np.asarray(table[np.asarray(ids)]), qtype).reshape(len(ids), hidden).astype(np.float32)
 
+    positions = int(meta["max_positions"])
+
     def new_session():
-        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"])
+        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions)
 
     tokenizer = ChatTokenizer(folder)
     special = meta["special_tokens"]
@@ -168,7 +170,7 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     loaded = LoadedModel(name=Path(gguf).stem, model=None, tokenizer=tokenizer, eos_token_ids=eos,
-                         context_length=int(spec["context_length"]), vocab_size=int(spec["vocab"]), dtype="gguf",
+                         context_length=positions - 1, vocab_size=int(spec["vocab"]), dtype="gguf",
                          source=str(gguf), session_factory=new_session)
     fidelity = [w["fidelity"] for w in meta["weights"].values()]
     loaded.info.update(backend="onnxruntime", providers=sess.get_providers(), engine_dir=str(folder),

@@ -1,10 +1,13 @@
 """Turn a GGUF file into the ONNX Runtime engine's cache directory, keeping its quantized data.
 
-Each weight keeps the GGUF's own codes wherever MatMulNBits can hold them exactly:
+Each weight keeps the GGUF's own codes wherever MatMulNBits (2, 4 or 8 bits) can hold them:
   Q8_0 -> 8-bit, block 32          Q5_0 -> 8-bit, block 32 (5-bit codes in 8-bit cells)
   Q4_0 -> 4-bit, block 32          Q6_K -> 8-bit, block 16 (scale = super-block d x sub-scale)
-Types with a per-block minimum (Q4_1, Q4_K, Q5_1, Q5_K, ...) are re-quantized to 8-bit per block
-of 32 (error below 1/30 of their own step, recorded as "near" in meta.json), as are float weights.
+  Q4_K, Q4_1 -> 4-bit, block 32, with the block minima beside (onnx_graph)
+  Q5_K, Q5_1 -> 8-bit, block 32 (5-bit codes in 8-bit cells), with the block minima beside
+Float weights and other types are re-quantized to 8-bit per block of 32 (recorded as "near" in
+meta.json; every other weight is "exact": code x scale - minimum gives the GGUF's dequantized
+value, checked while converting).
 
 The cache directory holds model.onnx + weights.data (the graph), embeddings.npy (the token
 table's raw GGUF rows, dequantized row by row at run time), tokenizer files and meta.json.
@@ -21,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from hola_ros.core.model_store import building
-from hola_ros.core.onnx_graph import ArchSpec, QuantLinear, save_graph, write_graph
+from hola_ros.core.onnx_graph import MAX_POSITIONS, ArchSpec, QuantLinear, save_graph, write_graph
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUPPORTED_ARCHS = ("llama", "qwen2")
 # types whose weights are d x (integer code): block bytes and MatMulNBits bits
 _SCALE_ONLY = {"Q8_0": (34, 8), "Q5_0": (22, 8), "Q4_0": (18, 4)}
+# types whose weights are scale x (integer code) - minimum, per block of 32: block bytes and MatMulNBits bits
+_SCALE_MIN = {"Q4_1": (20, 4), "Q5_1": (24, 8), "Q4_K": (144, 4), "Q5_K": (176, 8)}
 
 
 class GGUFError(ValueError):
@@ -106,6 +111,11 @@ def quant_linear(t) -> tuple[QuantLinear, str]:
         d = raw.reshape(n, -1, block_bytes)[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32)
         w = quants.dequantize(raw, t.tensor_type).reshape(n, -1, 32)
         return _codes(w, d, bits, 32), "exact"
+    if kind in _SCALE_MIN:
+        scale, minimum = _scale_and_min(raw, kind, n)
+        w = quants.dequantize(raw, t.tensor_type).reshape(n, -1, 32)
+        bits, code_bits = _SCALE_MIN[kind][1], 4 if kind.startswith("Q4") else 5
+        return _codes(w, scale, bits, 32, minimum, code_bits), "exact"
     if kind == "Q6_K":
         blocks = raw.reshape(n, -1, 210)
         d = blocks[:, :, 208:210].copy().view(np.float16).astype(np.float32)  # [n, sb, 1]
@@ -117,19 +127,53 @@ def quant_linear(t) -> tuple[QuantLinear, str]:
     return _requantize(np.asarray(w, np.float32).reshape(n, k)), "near"
 
 
-def _codes(w: np.ndarray, scale: np.ndarray, bits: int, block: int) -> QuantLinear:
-    """Codes of weights that sit exactly on their block's grid (w = scale x q, q a small integer),
-    stored around MatMulNBits' default zero point 2^(bits-1)."""
+def _scale_and_min(raw: np.ndarray, kind: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each block of 32's scale and minimum [n, k / 32] (w = scale * q - minimum), from the GGUF
+    block layout: Q4_1 / Q5_1 open with fp16 d and m (w = d q + m); Q4_K / Q5_K with fp16 d and dmin
+    of a super-block of 256 and twelve bytes of 6-bit sub-block scales and minima."""
+    from gguf.quants import Q4_K
+
+    blocks = raw.reshape(n, -1, _SCALE_MIN[kind][0])
+    d = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)  # [n, blocks, 1]
+    second = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)
+    if kind in ("Q4_1", "Q5_1"):
+        return d[..., 0], -second[..., 0]
+    sub_scale, sub_min = Q4_K.get_scale_min(np.ascontiguousarray(blocks[..., 4:16]).reshape(-1, 12))
+    shape = (n, -1, 8)
+    scale = d * sub_scale.reshape(shape).astype(np.float32)
+    minimum = second * sub_min.reshape(shape).astype(np.float32)
+    return scale.reshape(n, -1), minimum.reshape(n, -1)
+
+
+def _codes(w: np.ndarray, scale: np.ndarray, bits: int, block: int, minimum: np.ndarray | None = None,
+           code_bits: int | None = None) -> QuantLinear:
+    """Codes of weights that sit exactly on their block's grid, w = scale x (q - 2^(bits-1)) with
+    MatMulNBits' default zero point. With a `minimum` per block (w = scale x c - minimum, c an
+    unsigned `code_bits` integer) the codes are centred the same way (q = c - 2^(code_bits-1) +
+    2^(bits-1)) and what is left, minimum - 2^(code_bits-1) x scale, is the minimum term computed
+    beside the matmul (onnx_graph). Centred, the error of the kernel's int8 activations scales with
+    the weights; with zero point 0 it would scale with the uncentred codes (measured 3x larger)."""
     n, nb, _ = w.shape
     safe = np.where(scale == 0, 1.0, scale)[..., None]
-    q = np.rint(w / safe).astype(np.int32) + (1 << (bits - 1))  # MatMulNBits' default zero point
-    if np.abs((q - (1 << (bits - 1))) * safe - w).max() > 1e-6 * max(1.0, float(np.abs(w).max())):
+    zero = 1 << (bits - 1)
+    mins = None
+    if minimum is None:
+        q = np.rint(w / safe).astype(np.int32) + zero
+    else:
+        mid = 1 << ((code_bits or bits) - 1)
+        q = np.rint((w + minimum[..., None]) / safe).astype(np.int32) - mid + zero
+        q[scale == 0] = zero  # a block of scale 0 is its minimum alone
+        mins = (minimum.astype(np.float64) - mid * scale.astype(np.float64)).astype(np.float32)
+    lift = 0.0 if mins is None else mins[..., None]
+    off_grid = np.abs((q - zero) * scale[..., None] - lift - w).max() > 1e-6 * max(1.0, float(np.abs(w).max()))
+    if off_grid or q.min() < 0 or q.max() >= 1 << bits:
         raise GGUFError("weights are not on their block scale grid: unexpected GGUF block layout")
     codes = q.astype(np.uint8)
     if bits == 4:
         codes = (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
     return QuantLinear(n=n, k=nb * block, bits=bits, block=block, codes=codes.reshape(n, nb, block * bits // 8),
-                       scales=np.ascontiguousarray(scale.reshape(-1), np.float32))
+                       scales=np.ascontiguousarray(scale.reshape(-1), np.float32),
+                       mins=None if mins is None else np.ascontiguousarray(mins.reshape(n, nb)))
 
 
 def _requantize(w: np.ndarray, block: int = 32) -> QuantLinear:
@@ -174,14 +218,16 @@ class _Weights:
         if self.arch == "llama" and name.endswith(("q_proj", "k_proj")):
             heads = self.spec.heads if name.endswith("q_proj") else self.spec.kv_heads
             q = _permute(q, _unpermute_rows(q.n, heads))
-        self.report[name] = {"type": t.tensor_type.name, "as": f"{q.bits}-bit/{q.block}", "fidelity": how}
+        held = f"{q.bits}-bit/{q.block}" + (" + minima" if q.mins is not None else "")
+        self.report[name] = {"type": t.tensor_type.name, "as": held, "fidelity": how}
         return q
 
 
 def _permute(q: QuantLinear, rows: np.ndarray) -> QuantLinear:
     per_row = lambda a: None if a is None else a.reshape(q.n, -1)[rows].reshape(-1)  # noqa: E731
     return QuantLinear(n=q.n, k=q.k, bits=q.bits, block=q.block, codes=q.codes[rows], scales=per_row(q.scales),
-                       zero_points=per_row(q.zero_points), bias=None if q.bias is None else q.bias[rows])
+                       zero_points=per_row(q.zero_points), bias=None if q.bias is None else q.bias[rows],
+                       mins=None if q.mins is None else q.mins[rows])
 
 
 def special_tokens(reader) -> dict:
@@ -213,6 +259,7 @@ def convert(gguf_path, out_dir, accuracy_level: int = 4, writer: str = "") -> di
                 "source": {"path": str(gguf_path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
                 "spec": {**{k: v for k, v in spec.__dict__.items() if k != "inv_freq"},
                          "inv_freq": spec.inv_freq.tolist()},
+                "max_positions": min(spec.context_length, MAX_POSITIONS),
                 "embedding_type": embd.tensor_type.name, "accuracy_level": accuracy_level, "writer": writer,
                 "special_tokens": special_tokens(reader), "weights": weights.report}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")

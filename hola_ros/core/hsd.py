@@ -116,8 +116,11 @@ class _Counters:
 
 def generate(target, prompt_ids: list[int], config: GenerationConfig | None = None, drafter=None,
              request_id: str = "r0", on_block: Callable[[list[int], str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> GenerationResult:
-    """Generate from `target` (models.LoadedModel) after `prompt_ids`; see the module doc."""
+             should_stop: Callable[[], bool] | None = None, cache=None, cache_key: str | None = None
+             ) -> GenerationResult:
+    """Generate from `target` (models.LoadedModel) after `prompt_ids`; see the module doc.
+    `cache` (kvcache.PromptCache of this target): start from the longest prefix of the prompt it
+    holds (the entry `cache_key` names, for a conversation) and hand the session back at the end."""
     cfg = config or GenerationConfig()
     cfg.validate()
     prompt_ids = [int(t) for t in prompt_ids]
@@ -150,10 +153,12 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
     stop_reason = "max_new_tokens"
     t_start = time.perf_counter()
     opened = None  # the drafter to close, even after it failed
-    session = target.new_session()
+    session, reused = cache.session_for(prompt_ids, cache_key) if cache is not None else (target.new_session(), 0)
+    committed: list[int] = []  # every token the loop committed, EOS included: what the cache can hold
+    finished = False  # only a session the loop left consistent goes back to the cache
     try:
-        if len(prompt_ids) > 1:
-            session.forward(prompt_ids[:-1], last_only=True)
+        if len(prompt_ids) - 1 > reused:
+            session.forward(prompt_ids[reused:-1], last_only=True)
         prefill_s = time.perf_counter() - t_start
         opened = drafter
         if drafter is not None:
@@ -202,6 +207,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
             lengths.update(len(draft), accepted)
 
             block = draft[:accepted] + [nxt]
+            committed.extend(block)
             eos_at = next((i for i, t in enumerate(block) if t in target.eos_token_ids), None)
             if eos_at is not None:
                 block, stop_reason = block[:eos_at], "eos"
@@ -217,8 +223,12 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         tail = stream.flush()
         if tail and on_block is not None:
             on_block([], tail)
+        finished = True
     finally:
-        session.close()
+        if cache is None or not finished:
+            session.close()
+        else:
+            cache.keep(session, prompt_ids + committed, cache_key)
         if opened is not None:
             try:
                 opened.close(request_id)
@@ -235,6 +245,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
     stats = {
         "mode": cfg.mode,
         "prompt_tokens": len(prompt_ids),
+        "reused_prompt_tokens": reused,
         "new_tokens": len(out),
         "prefill_s": round(prefill_s, 6),
         "draft_s": round(c.draft_s, 6),

@@ -33,6 +33,9 @@ class KVSession(Protocol):
     def rollback(self, length: int) -> None:
         """Drop cached positions >= length."""
 
+    def fork(self) -> "KVSession":
+        """An independent copy holding the same positions (kvcache.PromptCache)."""
+
     def close(self) -> None:
         """Free the cache."""
 
@@ -73,6 +76,13 @@ class TorchKVSession:
         if length < self.length:
             self.cache.crop(length - self.length)
             self.length = length
+
+    def fork(self) -> "TorchKVSession":
+        import copy
+
+        twin = TorchKVSession.__new__(TorchKVSession)
+        twin.model, twin.cache, twin.length = self.model, copy.deepcopy(self.cache), self.length
+        return twin
 
     def close(self) -> None:
         self.cache = None

@@ -1,18 +1,30 @@
 """A decoder-only transformer (llama / qwen2 family) written as an ONNX graph whose linears
-are ONNX Runtime `MatMulNBits` nodes (`ort_runtime` runs it). This module is the converter's half:
-its source is part of the engine cache key (engines.engine_cache), so it holds nothing else.
+are ONNX Runtime `MatMulNBits` nodes and whose attention is `GroupQueryAttention` writing the KV
+cache in place (`ort_runtime` runs it). This module is the converter's half: its source is part of
+the engine cache key (engines.engine_cache), so it holds nothing else.
 
 Why this engine (measured, docs/engine.md): with `accuracy_level=4` MatMulNBits quantizes each
 activation row on its own and runs int8 dot products, so a row's result does not depend on how
 many rows share the call (bitwise, checked at load) and a B-row verification step costs far less
-than B one-row steps; the weights stay 4/8-bit at rest and in the matmul.
+than B one-row steps; the weights stay 4/8-bit at rest and in the matmul. GroupQueryAttention
+takes the cache as one buffer per layer that its output shares (nothing is copied per step, a
+rollback only moves the length) and runs each row's softmax over exactly that row's causal
+length, so a row's attention does not depend on the call either; its one-row path rounds
+differently from its multi-row one, so every call appends one throw-away row (a copy of the last)
+and attention always runs on two or more rows.
+
+A weight with a per-block minimum (GGUF Q4_K, Q4_1, Q5_K, Q5_1: w = scale * q - min) keeps its
+codes exactly: MatMulNBits computes scale * (q - zero point), and the rest of the minimum term is
+the block sums of x times one float per block, a small MatMul beside it (gguf_import._codes).
 
 Graph interface (batch 1, one sequence):
   inputs  inputs_embeds float32 [1, n, hidden] (the embedding lookup runs outside, on the
           quantized table); logits_from int64 [1] (first row whose logits are returned, so a
-          prefill skips the output layer on all but its last row);
-          past_key_{i}, past_value_{i} float32 [1, kv_heads, past, head_dim]
-  outputs logits float32 [1, m, vocab]; present_key_{i}, present_value_{i} [1, kv_heads, past+n, head_dim]
+          prefill skips the output layer on all but its last row); seqlens_k int32 [1] (= past + n,
+          the throw-away row's position); total_sequence_length int32 scalar (= past + n + 1);
+          past_key_{i}, past_value_{i} float32 [1, kv_heads, capacity, head_dim]
+  outputs logits float32 [1, m, vocab]; present_key_{i}, present_value_{i}: bound to the same
+          buffers as the past inputs (rows past .. past + n written in place)
 """
 from __future__ import annotations
 
@@ -23,8 +35,10 @@ import numpy as np
 
 OPSET = 21
 IR_VERSION = 10  # onnx writes a newer IR than onnxruntime 1.3x reads
-F32_MIN_HALF = float(np.finfo(np.float32).min) / 2
 HEAD_SLICE_BYTES = 40 << 20
+# rotary table rows: positions an engine serves (the table is float32 [MAX_POSITIONS, head_dim]; 8192
+# positions of a 1.5B model's KV cache alone are 470 MB, more than a robot computer spends on one answer)
+MAX_POSITIONS = 8192
 
 
 @dataclass
@@ -56,11 +70,12 @@ class QuantLinear:
     zero_points: np.ndarray | None = None  # uint8, packed per row as MatMulNBits wants; None: 2^(bits-1)
     bias: np.ndarray | None = None  # float32 [n]
     dense: np.ndarray | None = None  # float32 [n, k] when the weight is not quantized
+    mins: np.ndarray | None = None  # float32 [n, k / block]: w = scale * (q - zp) - mins of its block
 
     def fusable_with(self, other: "QuantLinear") -> bool:
+        same = lambda attr: (getattr(self, attr) is None) == (getattr(other, attr) is None)  # noqa: E731
         return (self.dense is None and other.dense is None and self.k == other.k and self.bits == other.bits
-                and self.block == other.block and (self.zero_points is None) == (other.zero_points is None)
-                and (self.bias is None) == (other.bias is None))
+                and self.block == other.block and all(same(a) for a in ("zero_points", "bias", "mins")))
 
     @staticmethod
     def concat(parts: list["QuantLinear"]) -> "QuantLinear":
@@ -70,7 +85,7 @@ class QuantLinear:
             [getattr(p, attr) for p in parts])
         return QuantLinear(n=sum(p.n for p in parts), k=first.k, bits=first.bits, block=first.block,
                            codes=cat("codes"), scales=cat("scales"), zero_points=cat("zero_points"),
-                           bias=cat("bias"))
+                           bias=cat("bias"), mins=cat("mins"))
 
     def rows(self, start: int, stop: int) -> "QuantLinear":
         """Output features start..stop-1 as a linear of their own."""
@@ -79,11 +94,12 @@ class QuantLinear:
                            codes=None if self.codes is None else self.codes[start:stop],
                            scales=per_row(self.scales), zero_points=per_row(self.zero_points),
                            bias=None if self.bias is None else self.bias[start:stop],
-                           dense=None if self.dense is None else self.dense[start:stop])
+                           dense=None if self.dense is None else self.dense[start:stop],
+                           mins=None if self.mins is None else self.mins[start:stop])
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.codes, self.scales, self.zero_points, self.bias, self.dense)
+        arrays = (self.codes, self.scales, self.zero_points, self.bias, self.dense, self.mins)
         return int(sum(a.nbytes for a in arrays if a is not None))
 
 
@@ -128,6 +144,7 @@ class _Writer:
                  accuracy_level: int):
         self.g, self.arch, self.linear_of, self.norm_of = _Graph(), arch, linear, norm
         self.acc = accuracy_level
+        self.sums: dict[tuple[str, int], str] = {}  # (x, block) -> block sums of x, computed once per x
 
     def matmul(self, x: str, q: QuantLinear) -> str:
         g = self.g
@@ -140,8 +157,21 @@ class _Writer:
             inputs += ["", g.init(q.bias.astype(np.float32), "bias")]  # g_idx unused
         while inputs[-1] == "":
             inputs.pop()
-        return g.op("MatMulNBits", inputs, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block,
-                    accuracy_level=self.acc)
+        y = g.op("MatMulNBits", inputs, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block,
+                 accuracy_level=self.acc)
+        if q.mins is None:
+            return y
+        minima = g.op("MatMul", [self.block_sums(x, q.block), g.init(np.ascontiguousarray(q.mins.T, np.float32), "M")])
+        return g.op("Sub", [y, minima])
+
+    def block_sums(self, x: str, block: int) -> str:
+        """x summed over each block of `block` input features: [1, n, k / block]."""
+        key = (x, block)
+        if key not in self.sums:
+            g = self.g
+            blocks = g.op("Reshape", [x, g.const([0, 0, -1, block])])
+            self.sums[key] = g.op("ReduceSum", [blocks, g.const([-1])], keepdims=0)
+        return self.sums[key]
 
     def fused(self, x: str, names: list[str]) -> list[str]:
         """Linears reading the same x: one MatMulNBits when their formats match, then Split."""
@@ -152,52 +182,39 @@ class _Writer:
             return outs if isinstance(outs, list) else [outs]
         return [self.matmul(x, p) for p in parts]
 
+    def packed_qkv(self, x: str, names: list[str]) -> str:
+        """q, k and v side by side on the last axis (GroupQueryAttention's packed input)."""
+        parts = [self.linear_of(n) for n in names]
+        if all(parts[0].fusable_with(p) for p in parts[1:]):
+            return self.matmul(x, QuantLinear.concat(parts))
+        return self.g.op("Concat", [self.matmul(x, p) for p in parts], axis=-1)
+
     def rms(self, x: str, weight: str) -> str:
         return self.g.op("SimplifiedLayerNormalization", [x, self.g.init(self.norm_of(weight), "N")], axis=-1,
                          epsilon=self.arch.rms_eps, stash_type=1)
 
-    def positions(self):
-        """The rotary tables of the new rows, their position ids into those tables, and the
-        additive causal mask, shared by every layer. The angles are computed in float64 (as
-        llama.cpp's reference rope tables are) and only for the rows of this call."""
-        g, a = self.g, self.arch
-        past_len = g.op("Shape", ["past_key_0"], start=2, end=3)
-        new_len = g.op("Shape", ["inputs_embeds"], start=1, end=2)
-        p0, t0 = g.op("Squeeze", [past_len]), g.op("Squeeze", [g.op("Add", [past_len, new_len])])
-        rows = g.op("Range", [p0, t0, g.const(1)])
-        angles = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [rows], to=11), g.const([1])]),
-                              g.init(a.inv_freq[None, :].astype(np.float64), "invf")])
-        table = lambda fn: g.op("Cast", [g.op("Mul", [g.op(fn, [angles]), g.const(a.attn_scaling, np.float64)])],  # noqa: E731
-                                to=1)
-        local = g.op("Unsqueeze", [g.op("Range", [g.const(0), g.op("Squeeze", [new_len]), g.const(1)]), g.const([0])])
-        cols = g.op("Range", [g.const(0), t0, g.const(1)])
-        allowed = g.op("LessOrEqual", [g.op("Unsqueeze", [cols, g.const([0])]), g.op("Unsqueeze", [rows, g.const([1])])])
-        mask = g.op("Where", [allowed, g.const(0.0, np.float32), g.const(F32_MIN_HALF, np.float32)])
-        # the rows of all query heads that share one kv head are stacked: repeat the mask for them
-        return (local, (table("Cos"), table("Sin")),
-                g.op("Tile", [mask, g.const([a.heads // a.kv_heads, 1])]))
+    def rotary_tables(self) -> tuple[str, str]:
+        """cos and sin of every served position's rotary angles, computed in float64 (as llama.cpp's
+        reference rope tables are) and stored as float32 [MAX_POSITIONS, head_dim / 2]."""
+        a = self.arch
+        rows = min(a.context_length, MAX_POSITIONS)
+        angles = np.arange(rows, dtype=np.float64)[:, None] * a.inv_freq[None, :].astype(np.float64)
+        return tuple(self.g.init((fn(angles) * a.attn_scaling).astype(np.float32), name)
+                     for fn, name in ((np.cos, "cos"), (np.sin, "sin")))
 
-    def attention(self, i: int, h: str, pos: str, mask: str, rotary: tuple[str, str]) -> str:
+    def attention(self, i: int, h: str, rotary: tuple[str, str]) -> str:
         g, a = self.g, self.arch
         pre = f"model.layers.{i}.self_attn"
-        q, k, v = self.fused(h, [f"{pre}.q_proj", f"{pre}.k_proj", f"{pre}.v_proj"])
-
-        def heads(x, n):
-            return g.op("Transpose", [g.op("Reshape", [x, g.const([0, 0, n, a.head_dim])])], perm=[0, 2, 1, 3])
-
-        def rope(x, n):
-            return g.op("RotaryEmbedding", [x, pos, *rotary], domain="com.microsoft", num_heads=n, interleaved=0)
-
-        q, k, v = heads(rope(q, a.heads), a.heads), heads(rope(k, a.kv_heads), a.kv_heads), heads(v, a.kv_heads)
-        key = g.op("Concat", [f"past_key_{i}", k], [f"present_key_{i}"], axis=2)
-        val = g.op("Concat", [f"past_value_{i}", v], [f"present_value_{i}"], axis=2)
-        qg = g.op("Reshape", [g.op("Mul", [q, g.const(a.head_dim ** -0.5, np.float32)]),
-                              g.const([1, a.kv_heads, -1, a.head_dim])])
-        scores = g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [key], perm=[0, 1, 3, 2])]), mask])
-        ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), val])
-        ctx = g.op("Transpose", [g.op("Reshape", [ctx, g.const([1, a.heads, -1, a.head_dim])])], perm=[0, 2, 1, 3])
-        return self.matmul(g.op("Reshape", [ctx, g.const([0, 0, a.heads * a.head_dim])]),
-                           self.linear_of(f"{pre}.o_proj"))
+        qkv = self.packed_qkv(h, [f"{pre}.q_proj", f"{pre}.k_proj", f"{pre}.v_proj"])
+        last = g.op("Slice", [qkv, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])])
+        padded = g.op("Concat", [qkv, last], axis=1)  # the throw-away row: attention never runs on one row
+        out, _, _ = g.op("GroupQueryAttention", [padded, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k",
+                                           "total_sequence_length", *rotary],
+                   [g.name("attn"), f"present_key_{i}", f"present_value_{i}"], domain="com.microsoft",
+                   num_heads=a.heads, kv_num_heads=a.kv_heads, do_rotary=1, rotary_interleaved=0,
+                   scale=a.head_dim ** -0.5)
+        ctx = g.op("Slice", [out, g.const([0]), g.const([-1]), g.const([1])])
+        return self.matmul(ctx, self.linear_of(f"{pre}.o_proj"))
 
     def mlp(self, i: int, h: str) -> str:
         g, pre = self.g, f"model.layers.{i}.mlp"
@@ -214,12 +231,12 @@ class _Writer:
 
     def model(self):
         g, a = self.g, self.arch
-        pos, rotary, mask = self.positions()
+        rotary = self.rotary_tables()
         x = "inputs_embeds"
         h = self.rms(x, "model.layers.0.input_layernorm.weight")
         for i in range(a.n_layers):
             pre = f"model.layers.{i}"
-            h, x = self.residual_norm(x, self.attention(i, h, pos, mask, rotary), f"{pre}.post_attention_layernorm.weight")
+            h, x = self.residual_norm(x, self.attention(i, h, rotary), f"{pre}.post_attention_layernorm.weight")
             after = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < a.n_layers else "model.norm.weight"
             h, x = self.residual_norm(x, self.mlp(i, h), after)
         h = g.op("Slice", [h, "logits_from", g.const([np.iinfo(np.int64).max]), g.const([1])])
@@ -243,14 +260,16 @@ def write_graph(arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Call
 
     w = _Writer(arch, linear, norm, accuracy_level)
     w.model()
-    kv = lambda name, length: helper.make_tensor_value_info(  # noqa: E731
-        name, TensorProto.FLOAT, [1, arch.kv_heads, length, arch.head_dim])
+    kv = lambda name: helper.make_tensor_value_info(  # noqa: E731
+        name, TensorProto.FLOAT, [1, arch.kv_heads, "capacity", arch.head_dim])
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [1, "n", arch.hidden]),
-              helper.make_tensor_value_info("logits_from", TensorProto.INT64, [1])]
+              helper.make_tensor_value_info("logits_from", TensorProto.INT64, [1]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "m", arch.vocab])]
     for i in range(arch.n_layers):
-        inputs += [kv(f"past_key_{i}", "past"), kv(f"past_value_{i}", "past")]
-        outputs += [kv(f"present_key_{i}", "total"), kv(f"present_value_{i}", "total")]
+        inputs += [kv(f"past_key_{i}"), kv(f"past_value_{i}")]
+        outputs += [kv(f"present_key_{i}"), kv(f"present_value_{i}")]
     graph = helper.make_graph(w.g.nodes, "decoder", inputs, outputs, w.g.inits)
     return helper.make_model(graph, ir_version=IR_VERSION, producer_name=producer,
                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])

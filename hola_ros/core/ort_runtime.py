@@ -5,6 +5,7 @@ the converted engines in the cache.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,12 +32,102 @@ def ort_session(onnx_path, threads: int | None, providers: list | None = None, p
     return sess
 
 
-@dataclass
 class OrtKVSession:
-    """One sequence's KV cache (numpy arrays fed back into the graph); rollback slices them."""
+    """One sequence's KV cache for an onnx_graph decoder: a buffer per layer for keys and one for
+    values that GroupQueryAttention writes in place (bound as both the past input and the present
+    output), so a step copies nothing and a rollback only moves the length. The buffers grow
+    (copying what they hold) when a call needs more positions than they have."""
 
-    # prefill chunk: 128 rows prefilled as fast as 256 on the 0.5B (304-478-token prompts) and left
-    # ONNX Runtime's arena 66 MB smaller after six answers (docs/engine.md, Memory)
+    # prefill chunk: 128 rows prefilled as fast as 256 on the 0.5B (304-478-token prompts) and keep
+    # ONNX Runtime's activation buffers sized for a chunk, not a whole prompt (docs/engine.md, Memory)
+    MAX_ROWS = 128
+    GROW = 256  # positions are added in steps of this many
+
+    def __init__(self, sess, embed: Callable[[list[int]], np.ndarray], n_layers: int, kv_heads: int,
+                 head_dim: int, max_positions: int):
+        self.sess, self.embed = sess, embed
+        self.n_layers, self.kv_heads, self.head_dim, self.max_positions = n_layers, kv_heads, head_dim, max_positions
+        self.length = 0
+        self.buffers: list[np.ndarray] = []  # past_key_0, past_value_0, past_key_1, ...
+        self.binding = None
+
+    def forward(self, tokens: list[int], last_only: bool = False) -> np.ndarray:
+        """Append tokens; float32 logits [n, vocab] (or [1, vocab] with last_only). Long inputs run
+        in chunks of MAX_ROWS: rows are computed independently of the call's size, so chunking
+        changes no result."""
+        if not tokens:
+            raise ValueError("forward needs at least one token")
+        if self.length + len(tokens) >= self.max_positions:  # one position stays for the throw-away row
+            raise ValueError(f"{self.length + len(tokens)} positions exceed this engine's {self.max_positions - 1}")
+        chunks = [tokens[i:i + self.MAX_ROWS] for i in range(0, len(tokens), self.MAX_ROWS)]
+        rows = [self._run(chunk, last_only) for chunk in chunks]
+        return rows[-1] if last_only else np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+    def _run(self, tokens: list[int], last_only: bool) -> np.ndarray:
+        n = len(tokens)
+        self._reserve(self.length + n + 1)
+        b = self.binding
+        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(self.embed(tokens)[None], np.float32))
+        b.bind_cpu_input("logits_from", np.asarray([n - 1 if last_only else 0], np.int64))
+        b.bind_cpu_input("seqlens_k", np.asarray([self.length + n], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.asarray(self.length + n + 1, np.int32))
+        b.bind_output("logits")
+        self.sess.run_with_iobinding(b)
+        self.length += n
+        return b.get_outputs()[0].numpy()[0]
+
+    def _reserve(self, positions: int) -> None:
+        """Buffers for at least `positions` positions (what they hold is kept)."""
+        capacity = self.buffers[0].shape[2] if self.buffers else 0
+        if positions <= capacity:
+            return
+        capacity = min(-(-(positions + self.GROW // 2) // self.GROW) * self.GROW, self.max_positions)
+        self._adopt([self._grown(old, capacity) for old in self.buffers] if self.buffers else
+                    [np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32)
+                     for _ in range(2 * self.n_layers)])
+
+    def _grown(self, old: np.ndarray, capacity: int) -> np.ndarray:
+        new = np.zeros((1, self.kv_heads, capacity, self.head_dim), np.float32)
+        new[:, :, :self.length] = old[:, :, :self.length]
+        return new
+
+    def _adopt(self, buffers: list[np.ndarray]) -> None:
+        import onnxruntime as ort
+
+        self.buffers = buffers
+        b = self.sess.io_binding()
+        b.bind_output("logits")  # first, so get_outputs()[0] is the logits
+        for i, buf in enumerate(buffers):
+            value = ort.OrtValue.ortvalue_from_numpy(buf)
+            kind, layer = ("key", "value")[i % 2], i // 2
+            b.bind_ortvalue_input(f"past_{kind}_{layer}", value)
+            b.bind_ortvalue_output(f"present_{kind}_{layer}", value)
+        self.binding = b
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length} (cache holds {self.length})")
+        self.length = length  # rows past it are overwritten by the next call, never read
+
+    def fork(self) -> "OrtKVSession":
+        """An independent copy holding the same positions, its buffers sized for them."""
+        twin = OrtKVSession(self.sess, self.embed, self.n_layers, self.kv_heads, self.head_dim, self.max_positions)
+        twin.length = self.length
+        if self.buffers:
+            capacity = min(-(-(self.length + 1 + self.GROW // 2) // self.GROW) * self.GROW, self.max_positions)
+            twin._adopt([self._grown(old, capacity) for old in self.buffers])
+        return twin
+
+    def close(self) -> None:
+        self.buffers, self.binding = [], None
+        self.length = 0
+
+
+@dataclass
+class ConcatKVSession:
+    """One sequence's KV cache fed back into a graph as inputs and outputs (the Lo-Bi exports'
+    graphs, whose attention concatenates past and new rows); rollback slices them."""
+
     MAX_ROWS = 128
 
     sess: object
@@ -52,9 +143,6 @@ class OrtKVSession:
         self.past = [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)] * len(self.names)
 
     def forward(self, tokens: list[int], last_only: bool = False) -> np.ndarray:
-        """Append tokens; float32 logits [n, vocab] (or [1, vocab] with last_only). Long inputs run
-        in chunks of MAX_ROWS: rows are computed independently of the call's size, so chunking
-        changes no result, and ONNX Runtime's buffers stay sized for a chunk, not a whole prompt."""
         if not tokens:
             raise ValueError("forward needs at least one token")
         chunks = [tokens[i:i + self.MAX_ROWS] for i in range(0, len(tokens), self.MAX_ROWS)]
@@ -82,6 +170,9 @@ class OrtKVSession:
         if length < self.length:
             self.past = [np.ascontiguousarray(p[:, :, :length]) for p in self.past]
             self.length = length
+
+    def fork(self) -> "ConcatKVSession":
+        return dataclasses.replace(self, past=[np.array(p) for p in self.past])
 
     def close(self) -> None:
         self.past = []

@@ -235,7 +235,7 @@ def select_providers(available: list[str], flavour: str, prefer: str | None = No
     return [p for p in order if p in available and p != "CPUExecutionProvider"] + ["CPUExecutionProvider"]
 
 
-class OrtKVSession(ort_runtime.OrtKVSession):
+class OrtKVSession(ort_runtime.ConcatKVSession):
     """The artifact's graph takes token ids (its embedding lookup runs inside) and, in the dense
     flavour, has no logits_from input."""
 
