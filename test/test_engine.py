@@ -116,3 +116,49 @@ def test_a_reused_prompt_prefix_gives_bitwise_the_fresh_prefills_logits_and_answ
     full = np.array(fresh.forward(second))
     session.close(), fresh.close()
     assert np.array_equal(tail, full[reused:])
+
+
+def test_group_query_attention_needs_the_throw_away_row():
+    """Why onnx_graph appends a throw-away row to every attention call: ONNX Runtime's
+    GroupQueryAttention computes a one-row call differently from the same row inside a block
+    (measured: last bits differ), while blocks of two or more rows agree with each other."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    heads, kv_heads, dim, capacity = 4, 2, 64, 64
+    node = helper.make_node("GroupQueryAttention", ["qkv", "", "", "pk", "pv", "seqlens_k", "total"],
+                            ["out", "pk_out", "pv_out"], domain="com.microsoft", num_heads=heads,
+                            kv_num_heads=kv_heads, scale=dim ** -0.5)
+    io = helper.make_tensor_value_info
+    kv = [1, kv_heads, capacity, dim]
+    graph = helper.make_graph([node], "gqa", [io("qkv", TensorProto.FLOAT, [1, "n", (heads + 2 * kv_heads) * dim]),
+                                              io("pk", TensorProto.FLOAT, kv), io("pv", TensorProto.FLOAT, kv),
+                                              io("seqlens_k", TensorProto.INT32, [1]), io("total", TensorProto.INT32, [])],
+                              [io("out", TensorProto.FLOAT, [1, "n", heads * dim]), io("pk_out", TensorProto.FLOAT, kv),
+                               io("pv_out", TensorProto.FLOAT, kv)])
+    model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
+                                                                   helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = np.random.default_rng(0).standard_normal((1, 40, (heads + 2 * kv_heads) * dim)).astype(np.float32)
+
+    def attend(prefix: int, new: int) -> np.ndarray:
+        """Attention output of rows prefix..prefix+new-1 after the first `prefix` rows were cached."""
+        k, v = np.zeros(kv, np.float32), np.zeros(kv, np.float32)
+        ok, ov = ort.OrtValue.ortvalue_from_numpy(k), ort.OrtValue.ortvalue_from_numpy(v)
+        out = None
+        for start, n in ((0, prefix), (prefix, new)):
+            b = sess.io_binding()
+            b.bind_output("out")
+            b.bind_cpu_input("qkv", np.ascontiguousarray(rows[:, start:start + n]))
+            b.bind_ortvalue_input("pk", ok), b.bind_ortvalue_input("pv", ov)
+            b.bind_ortvalue_output("pk_out", ok), b.bind_ortvalue_output("pv_out", ov)
+            b.bind_cpu_input("seqlens_k", np.asarray([start + n - 1], np.int32))
+            b.bind_cpu_input("total", np.asarray(start + n, np.int32))
+            sess.run_with_iobinding(b)
+            out = b.get_outputs()[0].numpy()
+        return out[0]
+
+    block = attend(30, 4)
+    assert not np.array_equal(attend(30, 1)[0], block[0])  # a one-row call: another rounding
+    assert np.array_equal(attend(30, 2)[0], block[0])  # the row plus a throw-away row: the block's
+    assert np.array_equal(attend(31, 2)[0], block[1])
