@@ -15,10 +15,10 @@ class RandomDrafter:
     def __init__(self, vocab, seed=0):
         self.vocab, self.rng = vocab, random.Random(seed)
 
-    def open(self, request_id, prompt_ids):
+    def open(self, request_id, prompt_ids, target=None):
         pass
 
-    def propose(self, request_id, accepted_delta, max_tokens):
+    def propose(self, request_id, accepted_delta, max_tokens, target_row_s=None):
         n = self.rng.randint(0, max_tokens)
         return DraftProposal(tokens=[self.rng.randrange(self.vocab) for _ in range(n)], levels=[1] * n)
 
@@ -33,10 +33,10 @@ class OracleDrafter:
         self.full = list(prompt) + list(continuation)
         self.seen = None
 
-    def open(self, request_id, prompt_ids):
+    def open(self, request_id, prompt_ids, target=None):
         self.seen = list(prompt_ids)
 
-    def propose(self, request_id, accepted_delta, max_tokens):
+    def propose(self, request_id, accepted_delta, max_tokens, target_row_s=None):
         self.seen += accepted_delta
         assert self.seen == self.full[:len(self.seen)], "accepted delta does not match the output"
         n = len(self.seen)
@@ -51,7 +51,7 @@ class FailingDrafter(LocalDrafter):
         super().__init__(ngram=True)
         self.calls, self.fail_after = 0, fail_after
 
-    def propose(self, request_id, accepted_delta, max_tokens):
+    def propose(self, request_id, accepted_delta, max_tokens, target_row_s=None):
         self.calls += 1
         if self.calls > self.fail_after:
             raise DrafterUnavailable("deadline missed")
@@ -88,7 +88,7 @@ def test_hsd_equals_ar_with_ngram_random_and_perfect_drafters(models):
                 "random": RandomDrafter(m.vocab_size, seed=i),
                 "oracle": OracleDrafter(p, ref.token_ids),
                 "self-l1": LocalDrafter(ngram=False, model=m),
-                "bad-l1+ngram": LocalDrafter(ngram=True, model=drafter_model, min_confidence=0.0, recheck=True),
+                "bad-l1+ngram": LocalDrafter(ngram=True, model=drafter_model, min_confidence=0.0),
                 "ngram-then-l1": LocalDrafter(ngram=True, min_ngram=3, model=drafter_model),
             }
             for name, d in cases.items():
@@ -123,7 +123,7 @@ def test_drafter_failure_mid_request_falls_back_to_plain_decoding(models):
     assert d.calls == 4 and not d.requests  # closed even after failing
 
     class Broken(LocalDrafter):
-        def open(self, request_id, prompt_ids):
+        def open(self, request_id, prompt_ids, target=None):
             raise ConnectionError("no drafter node")
 
     res = generate(m, p, GenerationConfig(max_new_tokens=50), drafter=Broken())
@@ -220,33 +220,40 @@ def test_real_model_hsd_equals_ar(prompt):
 
 class SpyDrafter(RandomDrafter):
     def __init__(self, inner):
-        self.inner, self.asked = inner, []
+        self.inner, self.asked, self.costs, self.row_s = inner, [], [], []
 
-    def open(self, request_id, prompt_ids):
+    def open(self, request_id, prompt_ids, target=None):
+        self.costs.append(target)
         self.inner.open(request_id, prompt_ids)
 
-    def propose(self, request_id, accepted_delta, max_tokens):
+    def propose(self, request_id, accepted_delta, max_tokens, target_row_s=None):
         self.asked.append(max_tokens)
+        self.row_s.append(target_row_s)
         return self.inner.propose(request_id, accepted_delta, max_tokens)
 
     def close(self, request_id):
         self.inner.close(request_id)
 
 
-def test_draft_length_adapts_to_acceptance(models):
+def test_the_verifier_hands_the_drafter_its_measured_costs(models):
+    """Adaptive drafting: the drafter gets the target's step costs at open and its measured one-row
+    time with every call, and may draft up to draft_len_max; fixed: draft_len, no costs."""
     m = models[1]
     p = prompts(1, seed=6)[0]
-    ref = ar(m, p, n=80).token_ids
-    good = SpyDrafter(OracleDrafter(p, ref))
-    generate(m, p, GenerationConfig(max_new_tokens=80, draft_len=2, draft_len_max=12), drafter=good)
-    assert good.asked[:6] == [2, 4, 6, 8, 10, 12]
-    bad = SpyDrafter(RandomDrafter(m.vocab_size, seed=1))
-    bad.inner.rng.randint = lambda a, b: b  # always a full-length wrong draft
-    generate(m, p, GenerationConfig(max_new_tokens=30, draft_len=8), drafter=bad)
-    assert bad.asked[:8] == [8, 7, 6, 5, 4, 3, 2, 1] and set(bad.asked[8:]) == {1}
-    fixed = SpyDrafter(RandomDrafter(m.vocab_size, seed=1))
-    generate(m, p, GenerationConfig(max_new_tokens=30, draft_len=5, adaptive_draft=False), drafter=fixed)
-    assert set(fixed.asked[:10]) == {5}  # (the last blocks shrink to the token budget)
+    ref = ar(m, p, n=40).token_ids
+    m.info.update(verify_cost={1: 1.0, 2: 1.1, 4: 1.3, 8: 1.8, 16: 3.0}, step_s=0.004)
+    try:
+        adaptive = SpyDrafter(OracleDrafter(p, ref))
+        generate(m, p, GenerationConfig(max_new_tokens=40, draft_len_max=12), drafter=adaptive)
+        fixed = SpyDrafter(RandomDrafter(m.vocab_size, seed=1))
+        generate(m, p, GenerationConfig(max_new_tokens=30, draft_len=5, adaptive_draft=False), drafter=fixed)
+    finally:
+        for key in ("verify_cost", "step_s"):
+            del m.info[key]
+    assert adaptive.costs[0].curve[16] == 3.0 and adaptive.costs[0].row_s == 0.004
+    assert adaptive.asked[0] == 12 and all(r > 0 for r in adaptive.row_s)
+    assert adaptive.row_s[-1] != 0.004  # followed from the measured steps
+    assert fixed.costs == [None] and set(fixed.asked[:5]) == {5}  # (the last blocks shrink to the budget)
 
 
 def test_l1_cache_rolls_back_to_the_accepted_prefix(models):
@@ -269,22 +276,29 @@ def test_l1_cache_rolls_back_to_the_accepted_prefix(models):
     assert not d.requests and st.session.cache is None
 
 
-def test_staged_l1_cuts_a_wrong_l0_draft(models):
+def test_the_cascade_lets_l1_cut_a_wrong_l0_draft_and_draft_on(models):
+    from hola_ros.core.draft_policy import Plan
     from hola_ros.core.drafters import NgramIndex
+    from hola_ros.core.protocol import TargetCost
 
     m = models[1]
     ctx = [10, 20, 30, 40, 50]
     truth = ar(m, ctx, n=6).token_ids
     wrong = (truth[2] + 1) % 256
     misleading = [ctx[-1]] + truth[:2] + [wrong]  # an earlier "copy" that goes wrong at its third token
-    d = LocalDrafter(ngram=True, model=m, min_ngram=1, min_confidence=0.0, recheck=True)
-    d.open("r", ctx)
-    d.requests["r"].ngram = NgramIndex(4, 1)
-    d.requests["r"].ngram.extend(misleading + ctx)
-    assert d.requests["r"].ngram.propose(3) == truth[:2] + [wrong]
-    prop = d.propose("r", [], 6)
-    assert prop.tokens == truth  # L1 kept the right prefix, replaced the wrong token, extended
-    assert prop.levels == [0, 0, 1, 1, 1, 1]
+    d = LocalDrafter(ngram=True, model=m, min_ngram=1)
+    d.open("r", ctx, TargetCost(0.01, {1: 1.0, 16: 1.2}))
+    req = d.requests["r"]
+    req.ngram = NgramIndex(4, 1)
+    req.ngram.extend(misleading + ctx)
+    assert req.ngram.propose(3) == (truth[:2] + [wrong], [1, 1, 1])
+    req.policy.plan = lambda orders, max_tokens, unread: Plan("cascade", len(orders))
+    req.policy.keep_drafting = lambda rates, draft_s: True
+    req.policy.l1_prefix = lambda rates, spent: len(rates)
+    prop = d.propose("r", [], 3)
+    assert prop.tokens == truth[:3]  # L1 kept the right prefix and replaced the wrong token
+    assert prop.levels == [0, 0, 1] and len(prop.level_s) == 2
+    assert req.policy.agree.value > 0.6  # two agreements, one disagreement on top of the prior
     d.close("r")
 
 
@@ -321,30 +335,3 @@ def test_ignore_eos_masks_eos_for_fixed_length_runs(models):
     assert plain.stop_reason == "eos" and len(plain.token_ids) == 3
     assert forced["ar"].stats["new_tokens"] == 30 and ref[3] not in forced["ar"].token_ids
     assert forced["ar"].token_ids[:3] == ref[:3] and forced["hsd"].token_ids == forced["ar"].token_ids
-
-
-def test_draft_length_follows_the_measured_verify_cost(models):
-    from hola_ros.core.hsd import DraftLength
-
-    cfg = GenerationConfig(draft_len=4, draft_len_max=16)
-    flat, linear = {1: 1.0, 2: 1.02, 4: 1.05, 8: 1.1, 16: 1.2}, {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}
-    good, good_linear, bad = DraftLength(cfg, flat), DraftLength(cfg, linear), DraftLength(cfg, flat)
-    for _ in range(20):
-        good.update(8, 8)
-        good_linear.update(8, 8)
-        bad.update(8, 0)
-    assert good.next() == 16  # extra rows nearly free and drafts accepted: draft long
-    assert good_linear.next() == 1  # every row costs a step: a longer draft never pays more than it costs
-    assert bad.next() == 1  # drafts rejected: nothing to gain from more rows
-    assert DraftLength(cfg, None).next() == 4 and DraftLength(GenerationConfig(adaptive_draft=False), flat).next() == 8
-    # inside generate(): an engine that reports a flat curve gets long drafts from an oracle drafter
-    m = models[1]
-    p = prompts(1, seed=6)[0]
-    ref = ar(m, p, n=60).token_ids
-    spy = SpyDrafter(OracleDrafter(p, ref))
-    m.info["verify_cost"] = flat
-    try:
-        generate(m, p, GenerationConfig(max_new_tokens=60, draft_len=2), drafter=spy)
-    finally:
-        del m.info["verify_cost"]
-    assert max(spy.asked) == 16

@@ -63,10 +63,10 @@ class FixedDrafter:
     def __init__(self, tokens):
         self.tokens = tokens
 
-    def open(self, request_id, prompt_ids):
+    def open(self, request_id, prompt_ids, target=None):
         pass
 
-    def propose(self, request_id, accepted_delta, max_tokens):
+    def propose(self, request_id, accepted_delta, max_tokens, target_row_s=None):
         return DraftProposal(tokens=self.tokens[:max_tokens], levels=[1] * min(max_tokens, len(self.tokens)))
 
     def close(self, request_id):

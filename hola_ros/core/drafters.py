@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
+from hola_ros.core.draft_policy import DraftPolicy, StepCost
+from hola_ros.core.kvcache import common_prefix
+from hola_ros.core.protocol import DraftProposal, DrafterUnavailable, TargetCost
+from hola_ros.core.sampling import top_token
 
 
 class NgramIndex:
@@ -32,24 +35,26 @@ class NgramIndex:
                 self.next_pos[tuple(self.tokens[end - n:end])] = end
             self.tokens.append(tok)
 
-    def _match(self, seq: list[int]) -> int | None:
+    def _match(self, seq: list[int]) -> tuple[int | None, int]:
+        """(continuation position, n-gram order) of the longest suffix of seq seen before."""
         for n in range(min(self.max_n, len(seq)), self.min_n - 1, -1):
             pos = self.next_pos.get(tuple(seq[len(seq) - n:]))
             if pos is not None:
-                return pos
-        return None
+                return pos, n
+        return None, 0
 
-    def propose(self, k: int) -> list[int]:
+    def propose(self, k: int) -> tuple[list[int], list[int]]:
+        """Up to k copied tokens, and the order of the n-gram match each one was copied after."""
         out: list[int] = []
+        orders: list[int] = []
         while len(out) < k:
-            pos = self._match(self.tokens[-self.max_n:] + out)
-            if pos is None:
-                break
-            run = self.tokens[pos:pos + k - len(out)]
+            pos, order = self._match(self.tokens[-self.max_n:] + out)
+            run = self.tokens[pos:pos + k - len(out)] if pos is not None else []
             if not run:
                 break
             out.extend(run)
-        return out[:k]
+            orders.extend([order] * len(run))
+        return out[:k], orders[:k]
 
 
 class ModelDraftState:
@@ -59,116 +64,156 @@ class ModelDraftState:
         self.session = session
         self.cached: list[int] = []
 
-    def logits_after(self, context: list[int]):
-        """Roll back to the longest common prefix with context, feed the rest, return the
-        logits for the next position."""
-        lcp = 0
-        limit = min(len(self.cached), len(context) - 1)  # keep >= 1 token to feed for logits
-        while lcp < limit and self.cached[lcp] == context[lcp]:
-            lcp += 1
+    def unread(self, context: list[int]) -> int:
+        """Tokens of `context` this state has not read (after the common prefix)."""
+        return len(context) - common_prefix(self.cached, context)
+
+    def read(self, context: list[int], extra: list[int] = ()) -> np.ndarray:
+        """Roll back to the longest common prefix with `context`, then read the rest of it and
+        `extra` in one call: the logits after the context and after each extra token."""
+        extra = list(extra)
+        lcp = min(common_prefix(self.cached, context), len(context) - 1)  # >= 1 token fed for logits
         self.session.rollback(lcp)
         del self.cached[lcp:]
-        rows = self.session.forward(context[lcp:], last_only=True)
-        self.cached.extend(context[lcp:])
-        return rows[-1]
+        feed = context[lcp:] + extra
+        rows = self.session.forward(feed, rows_from=len(feed) - len(extra) - 1)
+        self.cached.extend(feed)
+        return rows
 
     def feed(self, tokens: list[int]):
         rows = self.session.forward(tokens)
         self.cached.extend(tokens)
         return rows
 
+    def drop(self, n: int) -> None:
+        """Forget the last n tokens read."""
+        if n:
+            self.session.rollback(self.session.length - n)
+            del self.cached[len(self.cached) - n:]
+
 
 @dataclass
 class _Request:
     ngram: NgramIndex | None
     model: ModelDraftState | None
+    policy: DraftPolicy
     context: list[int] = field(default_factory=list)
+    proposed: list[int] = field(default_factory=list)  # the last proposal, and each token's source
+    sources: list[tuple] = field(default_factory=list)
 
 
 class LocalDrafter:
     """L0 n-gram and/or L1 model drafting in this process (the drafter node wraps the same).
 
-    Staged: L0 goes first and its copy is proposed when it finds a match; when it has nothing,
-    L1 drafts alone. With `recheck` L1 also reads every L0 copy in one batched pass, cuts it at
-    the first token it disagrees with (substituting its own) and extends it; that raised the
-    accepted tokens per target pass but cost more L1 time than it saved on the dev CPU (see
-    docs/hsd.md), so it is off by default. L1 stops early once its top probability falls below
-    `min_confidence`, so uncertain drafts do not waste verifier rows.
+    Each block, draft_policy.DraftPolicy decides from measured costs and acceptance whether the
+    level-0 copy (how much of it), level-1 drafting, or the cascade (level 1 checks the copy in one
+    pass and drafts on from the prefix it agrees with) goes to the target, and when level 1 stops.
+    It needs the target's step costs (`open(..., target=TargetCost)`, sent by the verifier); without
+    them the staged rule applies: the whole copy, else level 1 until its confidence falls below
+    `min_confidence`.
     """
 
     def __init__(self, ngram: bool = True, model=None, max_ngram: int = 4, min_ngram: int = 1,
-                 recheck: bool = False, min_confidence: float = 0.4):
+                 min_confidence: float = 0.4):
         if not ngram and model is None:
             raise ValueError("LocalDrafter needs at least one level (ngram=True or a model)")
         self.use_ngram, self.model = ngram, model
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.recheck, self.min_confidence = recheck, min_confidence
+        self.min_confidence = min_confidence
         self.requests: dict[str, _Request] = {}
 
     @property
     def levels(self) -> tuple[int, ...]:
         return tuple(lv for lv, on in ((0, self.use_ngram), (1, self.model is not None)) if on)
 
-    def open(self, request_id: str, prompt_ids: list[int]) -> None:
+    def open(self, request_id: str, prompt_ids: list[int], target: TargetCost | None = None) -> None:
         self.close(request_id)
         ngram = NgramIndex(self.max_ngram, self.min_ngram) if self.use_ngram else None
         if ngram is not None:
             ngram.extend(prompt_ids)
         model = ModelDraftState(self.model.new_session()) if self.model is not None else None
-        self.requests[request_id] = _Request(ngram=ngram, model=model, context=list(prompt_ids))
+        self.requests[request_id] = _Request(ngram=ngram, model=model, context=list(prompt_ids),
+                                             policy=self._policy(target))
+
+    def _policy(self, target: TargetCost | None) -> DraftPolicy:
+        l1 = None
+        if target is not None and self.model is not None:
+            info = getattr(self.model, "info", {})
+            l1 = StepCost(info.get("verify_cost") or {1: 1.0}, info.get("step_s") or target.row_s)
+        return DraftPolicy(StepCost(target.curve, target.row_s) if target is not None else None, l1,
+                           self.max_ngram, with_l1=self.model is not None)
 
     def close(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
         if req is not None and req.model is not None:
             req.model.session.close()
 
-    def propose(self, request_id: str, accepted_delta: list[int], max_tokens: int) -> DraftProposal:
+    def propose(self, request_id: str, accepted_delta: list[int], max_tokens: int,
+                target_row_s: float | None = None) -> DraftProposal:
         t0 = time.perf_counter()
         req = self.requests.get(request_id)
         if req is None:
             raise DrafterUnavailable(f"unknown request {request_id!r}")
+        if req.proposed:  # what the target kept of the last proposal
+            req.policy.observe(req.sources, common_prefix(req.proposed, accepted_delta))
+        if target_row_s and req.policy.target is not None:
+            req.policy.target.row_s = float(target_row_s)
         req.context.extend(accepted_delta)
         if req.ngram is not None:
             req.ngram.extend(accepted_delta)
-        tokens: list[int] = []
-        levels: list[int] = []
-        entropies: list[float] = []
+        copy, orders = req.ngram.propose(max_tokens) if req.ngram is not None and max_tokens > 0 else ([], [])
+        l0_s = time.perf_counter() - t0
+        tokens, sources, entropies = [], [], []
         if max_tokens > 0:
-            if req.ngram is not None:
-                tokens = req.ngram.propose(max_tokens)
-                levels = [0] * len(tokens)
+            unread = req.model.unread(req.context) if req.model is not None else 0
+            plan = req.policy.plan(orders, max_tokens, unread)
+            if plan.level == "l0":
+                tokens, sources = copy[:plan.l0_tokens], [("l0", n) for n in orders[:plan.l0_tokens]]
                 entropies = [float("nan")] * len(tokens)
-            if req.model is not None and (not tokens or self.recheck):
-                tokens, levels, entropies = self._model_stage(req, tokens, max_tokens)
-        return DraftProposal(tokens=tokens, levels=levels, entropies=entropies, draft_s=time.perf_counter() - t0)
+            elif plan.level in ("l1", "cascade") and req.model is not None:
+                checked = plan.l0_tokens if plan.level == "cascade" else 0
+                tokens, sources, entropies = self._model_stage(req, copy[:checked], orders[:checked], max_tokens)
+        req.proposed, req.sources = tokens, sources
+        total = time.perf_counter() - t0
+        return DraftProposal(tokens=tokens, levels=[1 if kind == "l1" else 0 for kind, _ in sources],
+                             entropies=entropies, draft_s=total, level_s=[l0_s, total - l0_s])
 
-    def _model_stage(self, req: _Request, l0: list[int], k: int):
-        from hola_ros.core.sampling import top_token
-
-        st = req.model
-        logits = st.logits_after(req.context)
-        tokens: list[int] = []
-        levels: list[int] = []
-        entropies: list[float] = []
-        if l0:
-            rows = np.concatenate([logits[None], st.feed(l0)])
-            guesses = rows.argmax(-1).tolist()
-            for i, tok in enumerate(l0):
-                if guesses[i] != tok:
-                    break
-                tokens.append(tok)
-                levels.append(0)
-                entropies.append(top_token(rows[i])[2])
-            if len(tokens) < len(l0):  # L1 overrules L0 from here on
-                st.session.rollback(st.session.length - (len(l0) - len(tokens)))
-                del st.cached[len(st.cached) - (len(l0) - len(tokens)):]
-            logits = rows[len(tokens)]
+    def _model_stage(self, req: _Request, copy: list[int], orders: list[int], k: int):
+        """Level 1: check the level-0 `copy` (the cascade) and draft on, one token per step, while
+        the policy expects the block's rate to rise; the best prefix is proposed."""
+        st, policy = req.model, req.policy
+        t0 = time.perf_counter()
+        rows = st.read(req.context, copy)
+        if policy.l1 is not None:
+            policy.l1.observe(st.unread(req.context) + len(copy) or 1, time.perf_counter() - t0)
+        agreed = _agreed(rows, copy)
+        for i in range(min(agreed + 1, len(copy))):
+            policy.agree.update(i < agreed)
+        st.drop(len(copy) - agreed)
+        tokens, sources = copy[:agreed], [("confirmed", n) for n in orders[:agreed]]
+        entropies = [float("nan")] * agreed
+        rates = [policy.confirmed.value] * agreed
+        spent = [time.perf_counter() - t0] * agreed
+        logits = rows[agreed]
         while len(tokens) < k:
             tok, p_top, h = top_token(logits)
-            tokens.append(tok)
-            levels.append(1)
-            entropies.append(h)
-            if len(tokens) == k or p_top < self.min_confidence:
+            band = policy.band(p_top)
+            tokens.append(tok), sources.append(("l1", band)), entropies.append(h)
+            rates.append(policy.bands[band].value), spent.append(time.perf_counter() - t0)
+            confident = p_top >= self.min_confidence if not policy.adaptive else True
+            if len(tokens) == k or not confident or not policy.keep_drafting(rates, spent[-1]):
                 break
+            t1 = time.perf_counter()
             logits = st.feed([tok])[-1]
-        return tokens, levels, entropies
+            if policy.l1 is not None:
+                policy.l1.observe(1, time.perf_counter() - t1)
+        keep = max(agreed, policy.l1_prefix(rates, spent))
+        return tokens[:keep], sources[:keep], entropies[:keep]
+
+
+def _agreed(rows, copy: list[int]) -> int:
+    """How many tokens of `copy` the model's argmax rows agree with, from the first."""
+    if not copy:
+        return 0
+    guesses = rows[:len(copy)].argmax(-1).tolist()
+    return next((i for i, (g, t) in enumerate(zip(guesses, copy)) if g != t), len(copy))

@@ -194,7 +194,7 @@ def characterize(model, rows=(1, 2, 4, 8, 16)):
         steps = [np.array(session.forward([t])[0]) for t in ids[16:20]]
         session.rollback(start)
         same = bool(np.array_equal(np.asarray(session.forward(ids[16:20])), np.stack(steps)))
-        model.info["verify_cost"] = _step_costs(session, start, ids[16:16 + max(rows)], rows)
+        model.info["step_s"], model.info["verify_cost"] = _step_costs(session, start, ids[16:16 + max(rows)], rows)
     finally:
         session.close()
     model.info["row_invariant"] = bool(model.info.get("row_invariant", True)) and same
@@ -204,7 +204,8 @@ def characterize(model, rows=(1, 2, 4, 8, 16)):
     return model
 
 
-def _step_costs(session, start: int, tokens: list[int], rows, reps: int = 3) -> dict[int, float]:
+def _step_costs(session, start: int, tokens: list[int], rows, reps: int = 3) -> tuple[float, dict[int, float]]:
+    """(seconds of a one-row step, {rows: time of a step of that many rows / a one-row step})."""
     seconds = {}
     for b in rows:
         times = []
@@ -218,4 +219,4 @@ def _step_costs(session, start: int, tokens: list[int], rows, reps: int = 3) -> 
     for b in rows:  # more rows never cost less: a dip is timing noise (other processes on the CPU)
         floor = max(floor, seconds[b] / seconds[rows[0]])
         costs[b] = round(floor, 3)
-    return costs
+    return seconds[rows[0]], costs

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from hola_ros.core.detok import TextStream
-from hola_ros.core.protocol import DraftProposal
+from hola_ros.core.draft_policy import StepCost
+from hola_ros.core.protocol import DraftProposal, TargetCost
 
 STOP_REASONS = ("eos", "stop", "max_new_tokens", "cancelled")
 
@@ -35,10 +36,11 @@ class GenerationConfig:
     mode: str = "hsd"  # "hsd" | "ar"
     # the paper's gate: draft tokens with entropy < tau are kept unchecked (lossy, flagged)
     entropy_gate_tau: float | None = None
-    draft_len: int = 8  # first block's draft length
-    draft_len_min: int = 1
+    draft_len: int = 8  # the draft length when adaptive_draft is off
     draft_len_max: int = 16
-    adaptive_draft: bool = True  # DraftLength picks each block's length; False: always draft_len
+    # the drafter's policy picks each block's levels and length from the target's measured costs
+    # (draft_policy); False: ask for draft_len tokens every block
+    adaptive_draft: bool = True
     levels: tuple[int, ...] = (0, 1)  # drafting levels whose tokens are used
     # benchmarks: EOS logits are masked (like transformers' min_new_tokens) so every system
     # produces the same max_new_tokens tokens
@@ -51,8 +53,8 @@ class GenerationConfig:
             raise ValueError("max_new_tokens must be >= 0")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
-        if not 1 <= self.draft_len_min <= self.draft_len <= self.draft_len_max:
-            raise ValueError("need 1 <= draft_len_min <= draft_len <= draft_len_max")
+        if not 1 <= self.draft_len <= self.draft_len_max:
+            raise ValueError("need 1 <= draft_len <= draft_len_max")
 
 
 @dataclass
@@ -66,52 +68,36 @@ class GenerationResult:
         return asdict(self)
 
 
-class DraftLength:
-    """How many tokens to ask the drafter for, block by block.
-
-    With the engine's measured verify cost (info["verify_cost"]: rows -> time of a step of that
-    many rows / a one-row step) it picks the k that maximises expected committed tokens per unit
-    of verify time, (1 + p + ... + p^k) / cost(k + 1), where p is a running estimate of the
-    per-token acceptance (accepted prefix lengths, geometric model). On an engine whose extra
-    rows are nearly free this drafts long; where rows cost almost linearly it drafts short.
-    Without a measured curve: +2 after a fully accepted block, -1 after a rejection.
-    """
-
-    def __init__(self, cfg: GenerationConfig, cost: dict | None = None):
-        self.cfg, self.k = cfg, cfg.draft_len
-        points = sorted((int(b), float(c)) for b, c in (cost or {}).items())
-        self.cost = points if cfg.adaptive_draft and len(points) >= 2 else None
-        self.accepted, self.rejected = 1.0, 1.0  # prior: p = 0.5
-
-    def cost_of(self, rows: int) -> float:
-        (b0, c0), (b1, c1) = next(((a, b) for a, b in zip(self.cost, self.cost[1:]) if rows <= b[0]),
-                                  (self.cost[-2], self.cost[-1]))
-        return c0 + (c1 - c0) * (rows - b0) / (b1 - b0)
-
-    def next(self) -> int:
-        if self.cost is None:
-            return self.k
-        p = self.accepted / (self.accepted + self.rejected)
-        value = lambda k: sum(p ** i for i in range(k + 1)) / self.cost_of(k + 1)  # noqa: E731
-        return max(range(self.cfg.draft_len_min, self.cfg.draft_len_max + 1), key=value)
-
-    def update(self, proposed: int, accepted: int) -> None:
-        if not proposed or not self.cfg.adaptive_draft:
-            return
-        self.accepted = 0.9 * self.accepted + accepted
-        self.rejected = 0.9 * self.rejected + (accepted < proposed)
-        full = accepted == proposed
-        self.k = min(self.cfg.draft_len_max, self.k + 2) if full else max(self.cfg.draft_len_min, self.k - 1)
-
-
 class _Counters:
     def __init__(self):
         self.proposed = {0: 0, 1: 0}
         self.accepted = {0: 0, 1: 0}
+        self.level_s = {0: 0.0, 1: 0.0}
         self.blocks = 0  # verification steps (target forwards after the prefill)
         self.draft_s = 0.0
         self.verify_s = 0.0
         self.gated = 0  # tokens kept by the entropy gate that the target would have changed
+
+
+class _TargetClock:
+    """The target's one-row step time, followed from every verification step (it moves with the
+    context length and with other load on the CPU): what the drafter's policy weighs drafts against."""
+
+    def __init__(self, target):
+        info = getattr(target, "info", {})
+        self.curve = info.get("verify_cost") or {}
+        self.cost = StepCost(self.curve, info.get("step_s") or 0.0) if self.curve and info.get("step_s") else None
+
+    def target_cost(self, adaptive: bool) -> TargetCost | None:
+        return TargetCost(self.cost.row_s, self.curve) if adaptive and self.cost is not None else None
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if self.cost is not None:
+            self.cost.observe(rows, seconds)
+
+    @property
+    def row_s(self) -> float | None:
+        return self.cost.row_s if self.cost is not None else None
 
 
 def generate(target, prompt_ids: list[int], config: GenerationConfig | None = None, drafter=None,
@@ -151,6 +137,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
     out: list[int] = []
     stream = TextStream(target.tokenizer, cfg.stop)
     stop_reason = "max_new_tokens"
+    first_token_s = None
     t_start = time.perf_counter()
     opened = None  # the drafter to close, even after it failed
     session, reused = cache.session_for(prompt_ids, cache_key) if cache is not None else (target.new_session(), 0)
@@ -161,15 +148,16 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
             session.forward(prompt_ids[reused:-1], last_only=True)
         prefill_s = time.perf_counter() - t_start
         opened = drafter
+        clock = _TargetClock(target)
         if drafter is not None:
             try:
-                drafter.open(request_id, prompt_ids)
+                drafter.open(request_id, prompt_ids, clock.target_cost(cfg.adaptive_draft))
             except Exception as exc:  # a missing drafter means plain decoding, never a failure
                 drafter, degraded = None, True
                 flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
         last = prompt_ids[-1]
         delta: list[int] = []
-        lengths = DraftLength(cfg, getattr(target, "info", {}).get("verify_cost"))
+        ask = cfg.draft_len_max if cfg.adaptive_draft else cfg.draft_len
         while len(out) < max_new:
             if should_stop is not None and should_stop():
                 stop_reason = "cancelled"
@@ -179,19 +167,22 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
             levels: list[int] = []
             ents: list[float] = []
             # an empty cache means this forward is a prefill-shaped call: keep it one row, like AR
-            want = min(lengths.next(), budget - 1) if session.length > 0 else 0
+            want = min(ask, budget - 1) if session.length > 0 else 0
             if drafter is not None and want > 0:
                 t0 = time.perf_counter()
                 try:
-                    prop = drafter.propose(request_id, delta, want)
+                    prop = drafter.propose(request_id, delta, want, clock.row_s)
                     delta = []
                     draft, levels, ents = _usable(prop, want, cfg.levels, target.vocab_size)
+                    for lv, seconds in enumerate(prop.level_s[:2]):
+                        c.level_s[lv] += seconds
                 except Exception as exc:
                     drafter, degraded = None, True
                     flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
                 c.draft_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             rows = session.forward([last] + draft)
+            clock.observe(1 + len(draft), time.perf_counter() - t0)
             if cfg.ignore_eos and target.eos_token_ids:
                 rows = np.array(rows)  # the engine's buffer may be read-only
                 rows[:, sorted(target.eos_token_ids)] = -np.inf
@@ -204,7 +195,6 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
                 c.proposed[lv] += 1
             for lv in levels[:accepted]:
                 c.accepted[lv] += 1
-            lengths.update(len(draft), accepted)
 
             block = draft[:accepted] + [nxt]
             committed.extend(block)
@@ -215,6 +205,8 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
             if stop_n is not None:
                 block, stop_reason = block[:stop_n], "stop"
             out.extend(block)
+            if first_token_s is None and block:
+                first_token_s = time.perf_counter() - t_start
             if on_block is not None and (block or text_delta):
                 on_block(block, text_delta)
             if stop_reason in ("eos", "stop"):
@@ -251,6 +243,7 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         "draft_s": round(c.draft_s, 6),
         "verify_s": round(c.verify_s, 6),
         "decode_s": round(total_s - prefill_s, 6),
+        "first_token_s": round(first_token_s if first_token_s is not None else total_s, 6),
         "total_s": round(total_s, 6),
         "tokens_per_s": round(len(out) / total_s, 3) if total_s > 0 else 0.0,
         "decode_tokens_per_s": round(len(out) / (total_s - prefill_s), 3) if total_s > prefill_s else 0.0,
@@ -258,6 +251,8 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         "acceptance_per_level": {f"L{lv}": (round(c.accepted[lv] / c.proposed[lv], 4) if c.proposed[lv] else None)
                                  for lv in (0, 1)},
         "proposed_per_level": {f"L{lv}": c.proposed[lv] for lv in (0, 1)},
+        "accepted_per_level": {f"L{lv}": c.accepted[lv] for lv in (0, 1)},
+        "level_s": {f"L{lv}": round(c.level_s[lv], 6) for lv in (0, 1)},
         "mean_accepted_block": round(len(out) / c.blocks, 4) if c.blocks else 0.0,
         "target_forwards": c.blocks + (1 if len(prompt_ids) > 1 else 0),
         "lossy": lossy,

@@ -5,7 +5,11 @@ Optional: llama-cpp-python is built by `make peers`; nothing in the package need
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
+from hola_ros.core.kvcache import common_prefix
 
 
 class LlamaCpp:
@@ -32,9 +36,12 @@ class LlamaCpp:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(n_batch, 0, 1)
         self.n_batch = n_batch
+        self.cached: list[int] = []  # the tokens llama.cpp's cache holds
 
     def decode(self, tokens: list[int], pos: int, all_logits: bool = False) -> np.ndarray:
         """Feed tokens at positions pos..; logits of every row (all_logits) or of the last one."""
+        del self.cached[pos:]
+        self.cached.extend(tokens)
         rows = []
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
@@ -56,12 +63,18 @@ class LlamaCpp:
     def truncate(self, length: int) -> None:
         """Drop cached positions >= length."""
         self.lib.llama_memory_seq_rm(self.memory, 0, length, -1)
+        del self.cached[length:]
 
-    def greedy(self, prompt: list[int], max_new_tokens: int, ignore_eos: bool = True) -> list[int]:
-        """Plain decoding: one llama_decode per token (llama.cpp's fast one-row path)."""
-        self.truncate(0)
-        row = self.decode(prompt, 0)[0]
-        out = []
+    def greedy(self, prompt: list[int], max_new_tokens: int, ignore_eos: bool = True,
+               reuse_prefix: bool = False) -> tuple[list[int], dict]:
+        """Plain decoding: one llama_decode per token (llama.cpp's fast one-row path). With
+        reuse_prefix the cache keeps what the prompt shares with the tokens decoded before (as
+        llama.cpp's server does with cache_prompt). Returns (tokens, timings)."""
+        t0 = time.perf_counter()
+        keep = min(common_prefix(self.cached, prompt), len(prompt) - 1) if reuse_prefix else 0
+        self.truncate(keep)
+        row = self.decode(prompt[keep:], keep)[0]
+        out, first = [], None
         for i in range(max_new_tokens):
             if ignore_eos:
                 row[list(self.eos)] = -np.inf
@@ -69,9 +82,11 @@ class LlamaCpp:
             if tok in self.eos:
                 break
             out.append(tok)
+            first = first or time.perf_counter() - t0
             if i + 1 < max_new_tokens:
                 row = self.decode([tok], len(prompt) + i)[0]
-        return out
+        total = time.perf_counter() - t0
+        return out, {"first_token_s": first or total, "total_s": total, "reused_prompt_tokens": keep}
 
     def close(self) -> None:
         self.lib.llama_batch_free(self.batch)

@@ -27,8 +27,9 @@ class KVSession(Protocol):
 
     length: int  # tokens currently in the cache
 
-    def forward(self, tokens: list[int], last_only: bool = False):
-        """Append tokens; return float32 numpy logits [n, vocab] (or [1, vocab] with last_only)."""
+    def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0):
+        """Append tokens; return float32 numpy logits of rows rows_from.. [n - rows_from, vocab]
+        (the last row alone, [1, vocab], with last_only)."""
 
     def rollback(self, length: int) -> None:
         """Drop cached positions >= length."""
@@ -50,7 +51,7 @@ class TorchKVSession:
         self.cache = DynamicCache(config=model.config)
         self.length = 0
 
-    def forward(self, tokens: list[int], last_only: bool = False):
+    def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0):
         import torch
 
         n = len(tokens)
@@ -65,7 +66,7 @@ class TorchKVSession:
                 cache_position=pos,
                 past_key_values=self.cache,
                 use_cache=True,
-                logits_to_keep=1 if last_only else 0,
+                logits_to_keep=1 if last_only else (n - rows_from if rows_from else 0),
             )
         self.length += n
         return out.logits[0].float().cpu().numpy()

@@ -51,24 +51,29 @@ class OrtKVSession:
         self.buffers: list[np.ndarray] = []  # past_key_0, past_value_0, past_key_1, ...
         self.binding = None
 
-    def forward(self, tokens: list[int], last_only: bool = False) -> np.ndarray:
-        """Append tokens; float32 logits [n, vocab] (or [1, vocab] with last_only). Long inputs run
-        in chunks of MAX_ROWS: rows are computed independently of the call's size, so chunking
-        changes no result."""
+    def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0) -> np.ndarray:
+        """Append tokens; float32 logits of rows rows_from.. [n - rows_from, vocab] (the last row
+        alone with last_only). Long inputs run in chunks of MAX_ROWS: rows are computed
+        independently of the call's size, so chunking changes no result."""
         if not tokens:
             raise ValueError("forward needs at least one token")
         if self.length + len(tokens) >= self.max_positions:  # one position stays for the throw-away row
             raise ValueError(f"{self.length + len(tokens)} positions exceed this engine's {self.max_positions - 1}")
-        chunks = [tokens[i:i + self.MAX_ROWS] for i in range(0, len(tokens), self.MAX_ROWS)]
-        rows = [self._run(chunk, last_only) for chunk in chunks]
-        return rows[-1] if last_only else np.concatenate(rows) if len(rows) > 1 else rows[0]
+        first = len(tokens) - 1 if last_only else rows_from
+        rows = []
+        for start in range(0, len(tokens), self.MAX_ROWS):
+            chunk = tokens[start:start + self.MAX_ROWS]
+            logits = self._run(chunk, max(0, min(first - start, len(chunk) - 1)))
+            if start + len(chunk) > first:
+                rows.append(logits)
+        return rows[0] if len(rows) == 1 else np.concatenate(rows)
 
-    def _run(self, tokens: list[int], last_only: bool) -> np.ndarray:
+    def _run(self, tokens: list[int], logits_from: int) -> np.ndarray:
         n = len(tokens)
         self._reserve(self.length + n + 1)
         b = self.binding
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(self.embed(tokens)[None], np.float32))
-        b.bind_cpu_input("logits_from", np.asarray([n - 1 if last_only else 0], np.int64))
+        b.bind_cpu_input("logits_from", np.asarray([logits_from], np.int64))
         b.bind_cpu_input("seqlens_k", np.asarray([self.length + n], np.int32))
         b.bind_cpu_input("total_sequence_length", np.asarray(self.length + n + 1, np.int32))
         b.bind_output("logits")
@@ -142,12 +147,12 @@ class ConcatKVSession:
         self.names = [f"past_{kind}_{i}" for i in range(self.n_layers) for kind in ("key", "value")]
         self.past = [np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)] * len(self.names)
 
-    def forward(self, tokens: list[int], last_only: bool = False) -> np.ndarray:
+    def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0) -> np.ndarray:
         if not tokens:
             raise ValueError("forward needs at least one token")
         chunks = [tokens[i:i + self.MAX_ROWS] for i in range(0, len(tokens), self.MAX_ROWS)]
         rows = [self._run(chunk, last_only) for chunk in chunks]
-        return rows[-1] if last_only else np.concatenate(rows) if len(rows) > 1 else rows[0]
+        return rows[-1] if last_only else np.concatenate(rows)[rows_from:]
 
     def _run(self, tokens: list[int], last_only: bool) -> np.ndarray:
         feeds = dict(zip(self.names, self.past))

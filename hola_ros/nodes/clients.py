@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-from hola_ros.core.protocol import DraftProposal, DrafterUnavailable
+from hola_ros.core.protocol import DraftProposal, DrafterUnavailable, TargetCost
 from hola_ros.interfaces import DRAFT, RETRIEVE
 from hola_ros.nodes.convert import passage_from_msg
 from hola_ros.srv import Draft, Retrieve
@@ -45,8 +45,9 @@ class RemoteDrafter:
         self._client = node.create_client(Draft, DRAFT, callback_group=callback_group)
         self._timeout_s = timeout_s
 
-    def _call(self, op: int, request_id: str, tokens=(), max_tokens: int = 0):
-        request = Draft.Request(op=op, request_id=request_id, tokens=[int(t) for t in tokens], max_tokens=max_tokens)
+    def _call(self, op: int, request_id: str, tokens=(), max_tokens: int = 0, **fields):
+        request = Draft.Request(op=op, request_id=request_id, tokens=[int(t) for t in tokens], max_tokens=max_tokens,
+                                **fields)
         timeout = self._timeout_s()
         response = call_with_deadline(self._client, request, timeout)
         if response is None:
@@ -55,13 +56,19 @@ class RemoteDrafter:
             raise DrafterUnavailable(f"drafter error: {response.error}")
         return response
 
-    def open(self, request_id: str, prompt_ids: list[int]) -> None:
-        self._call(Draft.Request.OPEN, request_id, prompt_ids)
+    def open(self, request_id: str, prompt_ids: list[int], target: TargetCost | None = None) -> None:
+        costs = {} if target is None else dict(
+            target_row_s=float(target.row_s), cost_rows=[int(b) for b in target.curve],
+            cost_ratios=[float(c) for c in target.curve.values()])
+        self._call(Draft.Request.OPEN, request_id, prompt_ids, **costs)
 
-    def propose(self, request_id: str, accepted_delta: list[int], max_tokens: int) -> DraftProposal:
-        r = self._call(Draft.Request.PROPOSE, request_id, accepted_delta, max_tokens)
+    def propose(self, request_id: str, accepted_delta: list[int], max_tokens: int,
+                target_row_s: float | None = None) -> DraftProposal:
+        r = self._call(Draft.Request.PROPOSE, request_id, accepted_delta, max_tokens,
+                       target_row_s=float(target_row_s or 0.0))
         return DraftProposal(tokens=list(r.tokens), levels=list(r.levels),
-                             entropies=[float(e) for e in r.entropies], draft_s=r.draft_s)
+                             entropies=[float(e) for e in r.entropies], draft_s=r.draft_s,
+                             level_s=[float(x) for x in r.level_s])
 
     def close(self, request_id: str) -> None:
         try:

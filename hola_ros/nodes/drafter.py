@@ -8,6 +8,7 @@ import threading
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from hola_ros.core.engines import BACKENDS, DEVICES
+from hola_ros.core.protocol import TargetCost
 from hola_ros.interfaces import DRAFT
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
@@ -68,18 +69,20 @@ class DrafterNode(HolaNode):
                 if request.op == Draft.Request.OPEN:
                     if rid in self._open:
                         drafter.close(rid)
-                    drafter.open(rid, list(request.tokens))
+                    drafter.open(rid, list(request.tokens), target_cost(request))
                     self._open[rid] = None
                     while len(self._open) > self.param("max_open_requests"):
                         drafter.close(self._open.popitem(last=False)[0])
                 elif request.op == Draft.Request.PROPOSE:
                     if rid not in self._open:
                         raise KeyError(f"unknown request id {rid!r} (not opened, closed, or evicted)")
-                    proposal = drafter.propose(rid, list(request.tokens), int(request.max_tokens))
+                    proposal = drafter.propose(rid, list(request.tokens), int(request.max_tokens),
+                                               request.target_row_s or None)
                     response.tokens = [int(t) for t in proposal.tokens]
                     response.levels = [int(lv) for lv in proposal.levels]
                     response.entropies = [float(e) for e in proposal.entropies]
                     response.draft_s = float(proposal.draft_s)
+                    response.level_s = [float(x) for x in proposal.level_s]
                     self._proposals += 1
                     self._draft_s += proposal.draft_s
                 elif request.op == Draft.Request.CLOSE:
@@ -95,6 +98,14 @@ class DrafterNode(HolaNode):
     def telemetry_figures(self) -> dict:
         return {"active_requests": len(self._open), "requests_served": int(self._proposals),
                 "tokens_per_s": self._proposals / self._draft_s if self._draft_s > 0 else 0.0}
+
+
+def target_cost(request) -> TargetCost | None:
+    """The target's costs an OPEN carries, if the verifier sent them."""
+    if request.target_row_s <= 0 or not len(request.cost_rows):
+        return None
+    return TargetCost(float(request.target_row_s), dict(zip((int(b) for b in request.cost_rows),
+                                                            (float(c) for c in request.cost_ratios))))
 
 
 def main() -> int:

@@ -106,7 +106,7 @@ class TrtKVSession:
         self.max_tokens = int(engine.get_tensor_profile_shape("input_ids", 0)[2][1])
         self.max_context = int(engine.get_tensor_profile_shape(f"past_{self.names[0]}", 0)[2][2])
 
-    def forward(self, tokens: list[int], last_only: bool = False):
+    def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0):
         import numpy as np
 
         n = len(tokens)
@@ -117,7 +117,7 @@ class TrtKVSession:
                              f"({self.max_context} cached + {self.max_tokens} new; rebuild with a larger profile)")
         chunks = [tokens[i:i + self.max_tokens] for i in range(0, n, self.max_tokens)]
         rows = [self._run(chunk) for chunk in chunks]
-        return rows[-1][-1:] if last_only else np.concatenate(rows)
+        return rows[-1][-1:] if last_only else np.concatenate(rows)[rows_from:]
 
     def _shape(self, name: str, shape: tuple) -> None:
         if not self.ctx.set_input_shape(name, shape):
