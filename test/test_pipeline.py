@@ -21,7 +21,7 @@ def test_repetition_guard_trips_on_the_third_copy_of_a_sentence():
     assert not short.tripped  # under min_chars: a list of short items is not a loop
 
 
-def _looping_generate(target, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+def _looping_generate(target, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
     """Stands in for hsd.generate: a model that says the same sentence until told to stop."""
     text = ""
     for _ in range(20):
@@ -72,7 +72,7 @@ class _Target:
 
 def _model_that_refuses_when_allowed(target):
     """A generate() stand-in: the bare refusal while the system prompt allows it, else the fact."""
-    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
         system = target.prompts[-1][0]["content"]
         pieces = ["The documents", " do not say."] if REFUSAL_RULE in system else ["CD-5 is in", " the maintenance bay."]
         for piece in pieces:
@@ -147,7 +147,7 @@ def test_held_answer_flows_as_soon_as_it_is_neither_the_refusal_nor_the_question
 
 
 def _model_that_echoes_unless_asked_in_full(target, in_full_answer, echo="CD-5"):
-    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
         text = in_full_answer if FULL_RULE in target.prompts[-1][0]["content"] else echo
         on_block([7], text)
         return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 1})
@@ -221,7 +221,7 @@ def _parts_retrieve():
 
 
 def _model_that_echoes_the_first_part(target, whole, part_answer="AP-2"):
-    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None):
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
         text = whole if ACCESS_AND_SPEED in target.prompts[-1][1]["content"] else part_answer
         on_block([7], text)
         return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 2})
@@ -246,3 +246,23 @@ def test_a_part_the_answer_only_repeats_is_asked_alone_from_its_own_passages(mon
     target.prompts.clear()
     whole_answer = pipeline.answer(request, target, retrieve=_parts_retrieve())
     assert len(target.prompts) == 1 and "part_rechecked" not in whole_answer.stats["flags"]  # both parts answered
+
+
+def test_a_prompt_cache_spares_the_shared_system_turn_and_changes_no_answer():
+    from hola_ros.core.kvcache import PromptCache
+
+    target = tiny_model()
+    cache = PromptCache(target)
+    retrieve = _retrieve()
+    questions = ["Where is charging dock CD-5?", "Which dock is in Zone M?", "Where is charging dock CD-5?"]
+
+    def ask(question, prompt_cache):
+        request = GenerationRequest(prompt=question, request_id="q", max_new_tokens=12, decoding_mode="hsd")
+        return pipeline.answer(request, target, retrieve=retrieve, prompt_cache=prompt_cache, document_lookup=False)
+
+    plain = [ask(q, None) for q in questions]
+    cached = [ask(q, cache) for q in questions]
+    assert [o.text for o in cached] == [o.text for o in plain]
+    reused = [o.stats["reused_prompt_tokens"] for o in cached]
+    assert reused[0] == 0 and reused[1] > 0 and reused[2] > 0  # the system turn and the documents
+    assert all(o.stats["reused_prompt_tokens"] == 0 for o in plain)

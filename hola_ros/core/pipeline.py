@@ -105,9 +105,11 @@ class PromptTooLong(ValueError):
 
 
 def _generate(request: GenerationRequest, target, messages: list[dict], grounded: bool, *, drafter, emit,
-              cancelled: Callable[[], bool], generation_options: dict | None) -> tuple:
+              cancelled: Callable[[], bool], generation_options: dict | None, prompt_cache=None) -> tuple:
     """One generation of the answer: (result, stop_reason); stop strings end a grounded answer and
-    the repetition guard one that loops (stop_reason "repetition")."""
+    the repetition guard one that loops (stop_reason "repetition"). `prompt_cache`
+    (kvcache.PromptCache of the target): the prompt's shared prefix (the system turn with the
+    grounding rules) is not prefilled again."""
     prompt_ids = target.chat_ids(messages)
     if len(prompt_ids) >= target.context_length:
         raise PromptTooLong(f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
@@ -123,7 +125,8 @@ def _generate(request: GenerationRequest, target, messages: list[dict], grounded
         emit(token_ids, text)
 
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
-                      request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped)
+                      request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped,
+                      cache=prompt_cache)
     stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
     return result, stop_reason
 
@@ -136,13 +139,13 @@ def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) ->
 
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None, general_prompt: str = "",
-           document_lookup: bool = True) -> Outcome:
+           document_lookup: bool = True, prompt_cache=None) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
     without retrieval, flagged. `drafter` failures are handled inside generate() the same way.
     `general_prompt`: system prompt of a question answered without documents (level 0);
     `document_lookup`: a question about a code that keys a retrieved table row, or one that a
     retrieved FAQ entry asks, is answered with that row or entry (`retrieval.lookup`), without a
-    generation."""
+    generation; `prompt_cache`: see _generate."""
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
@@ -158,7 +161,7 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
         return _without_model(request, f"{found.text} {sources}", found.kind, stats, emit, started)
 
     cancelled = should_stop or (lambda: False)
-    run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options)
+    run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options, prompt_cache=prompt_cache)
     try:
         if grounded:
             result, text, stop_reason = _grounded(request, target, passages, evidence, stats, emit, run)

@@ -12,6 +12,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 
 from hola_ros.action import Generate
 from hola_ros.core.engines import BACKENDS, DEVICES
+from hola_ros.core.kvcache import PromptCache
 from hola_ros.core.requests import Limits, RequestError, validate_request
 from hola_ros.core.scheduler import Busy, Job, Outcome, Scheduler
 from hola_ros.interfaces import ASK, CANCEL, GENERATE, REQUEST_QOS, RESPONSE, RESPONSE_QOS
@@ -48,6 +49,11 @@ PARAMS = {
     "document_lookup": Param(True, "a question about a code (E-214, CD-5) that keys a retrieved table row, or "
                              "one that a retrieved FAQ entry asks, is answered with that row or entry, "
                              "without a generation (stop reason table_row / faq_entry)"),
+    "prompt_cache_entries": Param(4, "KV states of earlier prompts kept so that a prompt prefills only what it "
+                                  "does not share with them (the system turn); 0: off", range=(0, 1024),
+                                  applies=ACTIVATION),
+    "prompt_cache_tokens": Param(2048, "tokens those KV states hold in all (least recently used dropped first)",
+                                 range=(1, 1048576), applies=ACTIVATION),
     "entropy_gate_tau": Param(0.0, "> 0: the paper's lossy entropy gate (answers flagged lossy); 0: lossless",
                               range=(0.0, 100.0)),
 }
@@ -66,7 +72,7 @@ class VerifierNode(HolaNode):
     def __init__(self, **node_options):
         super().__init__("hola_verifier", "verifier", PARAMS, **node_options)
         self._response_pub = self.create_publisher(ResponseChunk, RESPONSE, RESPONSE_QOS)
-        self._model = self._scheduler = None
+        self._model = self._scheduler = self._prompt_cache = None
         self._invalid = 0
         self._last = {"tokens_per_s": 0.0, "acceptance_rate": 0.0}
         # the interfaces live as long as the process: while not active they answer so, at once
@@ -93,13 +99,17 @@ class VerifierNode(HolaNode):
         if not self._model.info.get("row_invariant"):
             self.get_logger().warning(f"{self._model.name}: verified blocks are not bitwise equal to one-token steps "
                                       "on this engine; greedy HSD answers are flagged exact: false")
+        entries = self.param("prompt_cache_entries")
+        self._prompt_cache = PromptCache(self._model, entries, self.param("prompt_cache_tokens")) if entries else None
         self._scheduler = Scheduler(self._handle, self.param("queue_size"), self.param("concurrency"),
                                     on_finished=self._finished)
 
     def deactivate_resources(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop("the verifier is shutting down; request not served")
-        self._model = self._scheduler = None
+        if self._prompt_cache is not None:
+            self._prompt_cache.clear()
+        self._model = self._scheduler = self._prompt_cache = None
         gc.collect()
 
     def parameters_changed(self, names: set[str]) -> None:
@@ -184,7 +194,8 @@ class VerifierNode(HolaNode):
                       retrieve=self._retriever if self.param("use_retriever") else None,
                       on_block=on_block, should_stop=lambda: job.cancelled,
                       generation_options={"entropy_gate_tau": tau} if tau > 0 else None,
-                      general_prompt=self.param("general_prompt"), document_lookup=self.param("document_lookup"))
+                      general_prompt=self.param("general_prompt"), document_lookup=self.param("document_lookup"),
+                      prompt_cache=self._prompt_cache)
 
     def _finished(self, job: GatewayJob, outcome: Outcome) -> None:
         """Exactly once per accepted request: the final chunk, then the awaiting handler resumes."""
