@@ -4,7 +4,7 @@ same GGUF, greedy, same prompts and token counts, each system in its own process
 import argparse
 
 from hola_ros.core.evaluation.speed import SYSTEMS
-from hola_ros.package_data import gsm8k_train
+from hola_ros.package_data import gsm8k_train, require_package_file
 
 DEFAULT_SYSTEMS = ("llamacpp", "ar", "hsd_l0")
 
@@ -20,6 +20,16 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--n-passage", type=int, default=4, help="passage-grounded prompts")
     p.add_argument("--n-gsm8k", type=int, default=4, help="GSM8K-train questions")
+    p.add_argument("--n-grounded", type=int, default=4,
+                   help="the graph's own grounded prompts (system rules + retrieved passages, ~800 tokens) for "
+                        "held-out knowledge-base questions")
+    p.add_argument("--kb-questions", default=None,
+                   help="knowledge-base question set of the grounded prompts (default: the packaged one)")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="mask EOS so every system decodes exactly --max-new-tokens (default: stop at EOS)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt whole (default: each system keeps the KV of what a prompt shares "
+                        "with the one before)")
     p.add_argument("--gsm8k", default=str(gsm8k_train()))
     p.add_argument("--kb", default=None, help="folder of passages (default: the packaged demo knowledge base)")
     p.add_argument("--systems", default=None,
@@ -52,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print("error: hsd_l1 and hsd_l0_l1 need --l1", file=sys.stderr)
         return 2
     spec = args.model or DEFAULT_MODEL
+    questions = Path(args.kb_questions) if args.kb_questions else require_package_file("data/kb_eval/questions.jsonl")
     prompts = speed.prompt_sets(load_tokenizer(spec), Path(args.kb) if args.kb else demo_kb_dir(), Path(args.gsm8k),
-                                args.n_passage, args.n_gsm8k)
+                                args.n_passage, args.n_gsm8k, args.n_grounded, questions)
     report = speed.run(spec, prompts, systems, args.max_new_tokens, args.threads, l1=args.l1,
-                       curve=not args.no_curve, log=lambda m: print(m, file=sys.stderr, flush=True))
+                       curve=not args.no_curve, log=lambda m: print(m, file=sys.stderr, flush=True),
+                       ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache)
     report["command"] = "hola-ros bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

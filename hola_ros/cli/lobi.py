@@ -9,7 +9,14 @@ def register(sub) -> None:
     b.add_argument("--budget-mb", required=True,
                    help="weight bytes allowed, in MB (1e6 bytes); a comma list builds one artifact per budget "
                         "from one calibration pass")
-    b.add_argument("--model", help="base model spec, llama architecture (default: the packaged SmolLM2-135M-Instruct)")
+    b.add_argument("--model", help="base model spec (default: the served default, qwen2.5-coder-0.5b-instruct). A GGUF "
+                                   "(packaged name or .gguf) is built on the engine's own formats into an engine "
+                                   "that load_engine serves; a Hugging Face directory (or --torch) takes the torch "
+                                   "build (low rank, recovery, TensorRT export)")
+    b.add_argument("--torch", action="store_true",
+                   help="the torch build for a GGUF too (float model dequantized by transformers; the low-rank study)")
+    b.add_argument("--heldout-seqs", type=int, default=8,
+                   help="engine build: held-out sequences for the manifest's KL / top-1 agreement (default 8)")
     b.add_argument("--calib", help="calibration JSONL/text (default: shared GSM8K train split)")
     b.add_argument("--calib-size", type=int, default=64, help="calibration samples (default 64)")
     b.add_argument("--seq-len", type=int, default=128, help="calibration sequence length (default 128)")
@@ -119,14 +126,23 @@ def _command(args, model: str) -> str:
     import shlex
 
     parts = ["hola-ros", "lobi", "build", "--budget-mb", str(args.budget_mb), "--model", str(model)]
-    for opt in ("calib", "calib_size", "seq_len", "search_seqs", "rank_tol", "pay_ratio", "group", "recovery_s",
-                "out", "export", "threads"):
+    engine = _is_gguf(model) and not args.torch
+    torch_opts = ("search_seqs", "rank_tol", "pay_ratio", "group", "recovery_s", "export")
+    for opt in ("calib", "calib_size", "seq_len", "out", "threads") + (("heldout_seqs",) if engine else torch_opts):
         value = getattr(args, opt)
         if value not in (None, ""):
             parts += [f"--{opt.replace('_', '-')}", str(value)]
     if args.lowrank:
         parts.append("--lowrank")
+    if args.torch:
+        parts.append("--torch")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _is_gguf(model: str) -> bool:
+    from hola_ros.core.model_store import is_packaged
+
+    return is_packaged(model) or str(model).lower().endswith(".gguf")
 
 
 def run_build(args) -> int:
@@ -135,11 +151,17 @@ def run_build(args) -> int:
     import sys
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from hola_ros.core.lobi.build import build_artifacts
-    from hola_ros.core.lobi.quant import BudgetError
-    from hola_ros.core.model_store import TEST_MODEL
+    from hola_ros.core.lobi.search import BudgetError
+    from hola_ros.core.model_store import DEFAULT_MODEL
 
-    model = args.model or TEST_MODEL
+    model = args.model or DEFAULT_MODEL
+    engine = _is_gguf(model) and not args.torch
+    torch_only = [opt for opt, on in (("--lowrank", args.lowrank), ("--recovery-s", args.recovery_s),
+                                      ("--export", args.export)) if on]
+    if engine and torch_only:
+        print(f"error: {', '.join(torch_only)} belong to the torch build; add --torch (or give a Hugging Face "
+              "model directory)", file=sys.stderr)
+        return 2
     try:
         budgets = [float(b) for b in str(args.budget_mb).split(",") if b.strip()]
     except ValueError:
@@ -153,22 +175,64 @@ def run_build(args) -> int:
         targets = [(os.path.join(parent, f"{stem}-{b:g}mb"), b) for b in budgets]
     export = tuple(x.strip() for x in args.export.split(",") if x.strip())
     try:
-        manifests = build_artifacts(targets, model=model, calib=args.calib, calib_size=args.calib_size,
-                                    seq_len=args.seq_len, search_seqs=args.search_seqs, rank_tol=args.rank_tol,
-                                    pay_ratio=args.pay_ratio, group=args.group, lowrank=args.lowrank,
-                                    recovery_s=args.recovery_s, export=export, threads=args.threads,
-                                    progress=None if args.json else _progress(),
-                                    command=_command(args, model))
-    except BudgetError as e:
+        if engine:
+            from hola_ros.core.lobi.engine_build import build_engine_artifacts
+
+            manifests = build_engine_artifacts(targets, model=model, calib=args.calib, calib_size=args.calib_size,
+                                               seq_len=args.seq_len, heldout_seqs=args.heldout_seqs,
+                                               threads=args.threads, progress=None if args.json else _progress(),
+                                               command=_command(args, model))
+        else:
+            from hola_ros.core.lobi.build import build_artifacts
+
+            manifests = build_artifacts(targets, model=model, calib=args.calib, calib_size=args.calib_size,
+                                        seq_len=args.seq_len, search_seqs=args.search_seqs, rank_tol=args.rank_tol,
+                                        pay_ratio=args.pay_ratio, group=args.group, lowrank=args.lowrank,
+                                        recovery_s=args.recovery_s, export=export, threads=args.threads,
+                                        progress=None if args.json else _progress(),
+                                        command=_command(args, model))
+    except (BudgetError, ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for (out, _), manifest in zip(targets, manifests):
         if args.json:
             print(json.dumps(manifest, indent=2))
         else:
-            _table(manifest)
+            (_engine_table if manifest.get("kind") == "engine" else _table)(manifest)
             print(f"artifact: {out}")
     return 0
+
+
+def _engine_table(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(Console().width, 132))
+    blocks = Table(title="Lo-Bi engine blocks (format chosen under the budget; error = activation-weighted relative "
+                         "squared error of the block's linears against the GGUF's codes)")
+    formats = manifest["quant"]["formats"]
+    for col in ("block", "format", "MB", *(f"err {f}" for f in formats), *(f"MB {f}" for f in formats)):
+        blocks.add_column(col, justify="left" if col in ("block", "format") else "right")
+    for name, b in manifest["blocks"].items():
+        errs = [f"{b['errors'][f]:.1e}" if f in b["errors"] else "-" for f in formats]
+        sizes = [f"{b['bytes_by_format'][f] / 1e6:.1f}" if f in b["bytes_by_format"] else "-" for f in formats]
+        blocks.add_row(name, b["format"], f"{b['bytes'] / 1e6:.2f}", *errs, *sizes)
+    con.print(blocks)
+    by, q = manifest["bytes"], manifest["quality"]
+    summary = Table(title="Summary", show_header=False)
+    summary.add_column("k")
+    summary.add_column("v")
+    rows = [("base", f"{manifest['base']['spec']} ({manifest['base']['gguf_sha256'][:12]})"),
+            ("budget", f"{manifest['quant']['budget_mb']:g} MB (min feasible {manifest['quant']['min_feasible_mb']:.1f})"),
+            ("weights", f"{by['weights'] / 1e6:.1f} MB = {by['weights'] / by['reference_engine']:.3f} x the GGUF "
+                        f"engine ({by['reference_engine'] / 1e6:.1f} MB; GGUF file {by['gguf'] / 1e6:.1f} MB)"),
+            ("requantized linears", str(len(manifest["quant"]["requantized"]))),
+            ("KL per token", f"{q['kl_per_token']:.4f} (vs the GGUF engine, {q['tokens']} held-out tokens)"),
+            ("top-1 agreement", f"{q['top1_agreement']:.3f}"),
+            ("row-invariant", str(manifest["row_invariant"]))]
+    for k, v in rows:
+        summary.add_row(k, v)
+    con.print(summary)
 
 
 def run_show(args) -> int:
@@ -180,7 +244,7 @@ def run_show(args) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2))
     else:
-        _table(manifest)
+        (_engine_table if manifest.get("kind") == "engine" else _table)(manifest)
     return 0
 
 

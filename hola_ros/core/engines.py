@@ -40,7 +40,7 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     spec = str(spec or DEFAULT_MODEL)
     if is_artifact(spec):
-        return load_artifact(spec, backend=backend, threads=threads)
+        return load_artifact(spec, backend=backend, threads=threads, device=device)
     path = _spec_path(spec)
     is_gguf = path.suffix.lower() == ".gguf"
     if not path.exists():
@@ -140,6 +140,15 @@ def _providers(device: str) -> list[str]:
 
 def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accuracy_level: int = 4):
     """A GGUF on the ONNX Runtime engine (weights quantized, see gguf_import)."""
+    t0 = time.perf_counter()
+    loaded = load_engine_dir(engine_cache(gguf, accuracy_level), threads, device, name=Path(gguf).stem)
+    loaded.load_s = time.perf_counter() - t0
+    return loaded
+
+
+def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu", name: str | None = None,
+                    extra_outputs: tuple[str, ...] = ()):
+    """An engine directory written by gguf_import.convert (the cache of a GGUF, or a Lo-Bi engine)."""
     from gguf import GGMLQuantizationType, quants
 
     from hola_ros.core.models import LoadedModel
@@ -147,7 +156,7 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     from hola_ros.core.tokenizer import ChatTokenizer
 
     t0 = time.perf_counter()
-    folder = engine_cache(gguf, accuracy_level)
+    folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     spec = meta["spec"]
     sess = ort_session(folder / "model.onnx", threads, providers=_providers(device))
@@ -160,7 +169,7 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     positions = int(meta["max_positions"])
 
     def new_session():
-        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions)
+        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions, extra_outputs)
 
     tokenizer = ChatTokenizer(folder)
     special = meta["special_tokens"]
@@ -169,12 +178,13 @@ def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accur
     eos |= {tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS} - {None}
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
-    loaded = LoadedModel(name=Path(gguf).stem, model=None, tokenizer=tokenizer, eos_token_ids=eos,
+    loaded = LoadedModel(name=name or folder.name, model=None, tokenizer=tokenizer, eos_token_ids=eos,
                          context_length=positions - 1, vocab_size=int(spec["vocab"]), dtype="gguf",
-                         source=str(gguf), session_factory=new_session)
+                         source=meta["source"]["path"], session_factory=new_session)
     fidelity = [w["fidelity"] for w in meta["weights"].values()]
     loaded.info.update(backend="onnxruntime", providers=sess.get_providers(), engine_dir=str(folder),
                        weights_bytes=(folder / "weights.data").stat().st_size,
+                       embedding_bytes=(folder / "embeddings.npy").stat().st_size,
                        weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
     characterize(loaded)
     loaded.load_s = time.perf_counter() - t0

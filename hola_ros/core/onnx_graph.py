@@ -28,6 +28,7 @@ Graph interface (batch 1, one sequence):
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -141,10 +142,19 @@ class _Writer:
     """Emits the ops of one decoder; `linear(name)` supplies each layer's QuantLinear."""
 
     def __init__(self, arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Callable[[str], np.ndarray],
-                 accuracy_level: int):
+                 accuracy_level: int, taps: bool = False):
         self.g, self.arch, self.linear_of, self.norm_of = _Graph(), arch, linear, norm
         self.acc = accuracy_level
         self.sums: dict[tuple[str, int], str] = {}  # (x, block) -> block sums of x, computed once per x
+        # with taps, each linear input's per-feature sum of squares over the call's rows is an extra
+        # output (Lo-Bi weighs a weight's error by what its inputs carry): output name -> linears
+        self.taps: dict[str, list[str]] | None = {} if taps else None
+
+    def tap(self, x: str, names: list[str]) -> None:
+        if self.taps is not None:
+            out = f"sumsq_{len(self.taps)}"
+            self.g.op("ReduceSumSquare", [x, self.g.const([0, 1])], [out], keepdims=0)
+            self.taps[out] = list(names)
 
     def matmul(self, x: str, q: QuantLinear) -> str:
         g = self.g
@@ -176,6 +186,7 @@ class _Writer:
     def fused(self, x: str, names: list[str]) -> list[str]:
         """Linears reading the same x: one MatMulNBits when their formats match, then Split."""
         parts = [self.linear_of(n) for n in names]
+        self.tap(x, names)
         if all(parts[0].fusable_with(p) for p in parts[1:]):
             y = self.matmul(x, QuantLinear.concat(parts))
             outs = self.g.op("Split", [y, self.g.const([p.n for p in parts])], outputs=len(parts), axis=-1)
@@ -185,6 +196,7 @@ class _Writer:
     def packed_qkv(self, x: str, names: list[str]) -> str:
         """q, k and v side by side on the last axis (GroupQueryAttention's packed input)."""
         parts = [self.linear_of(n) for n in names]
+        self.tap(x, names)
         if all(parts[0].fusable_with(p) for p in parts[1:]):
             return self.matmul(x, QuantLinear.concat(parts))
         return self.g.op("Concat", [self.matmul(x, p) for p in parts], axis=-1)
@@ -214,12 +226,14 @@ class _Writer:
                    num_heads=a.heads, kv_num_heads=a.kv_heads, do_rotary=1, rotary_interleaved=0,
                    scale=a.head_dim ** -0.5)
         ctx = g.op("Slice", [out, g.const([0]), g.const([-1]), g.const([1])])
+        self.tap(ctx, [f"{pre}.o_proj"])
         return self.matmul(ctx, self.linear_of(f"{pre}.o_proj"))
 
     def mlp(self, i: int, h: str) -> str:
         g, pre = self.g, f"model.layers.{i}.mlp"
         gate, up = self.fused(h, [f"{pre}.gate_proj", f"{pre}.up_proj"])
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+        self.tap(act, [f"{pre}.down_proj"])
         return self.matmul(act, self.linear_of(f"{pre}.down_proj"))
 
     def residual_norm(self, x: str, delta: str, weight: str) -> tuple[str, str]:
@@ -247,18 +261,21 @@ class _Writer:
         repacks each weight while the original is still held, so one slice at a time bounds the
         load-time peak (measured +120 MB for the 0.5B model's 153 MB head in one piece)."""
         head = self.linear_of("lm_head")
+        self.tap(h, ["lm_head"])
         step = max(1, int(head.n * HEAD_SLICE_BYTES / max(head.nbytes, 1)))
         parts = [self.matmul(h, head.rows(i, min(i + step, head.n))) for i in range(0, head.n, step)]
         self.g.op("Concat", parts, ["logits"], axis=-1) if len(parts) > 1 else self.g.op("Identity", parts, ["logits"])
 
 
 def write_graph(arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Callable[[str], np.ndarray],
-                accuracy_level: int = 4, producer: str = "hola_ros"):
+                accuracy_level: int = 4, producer: str = "hola_ros", taps: bool = False):
     """The decoder as an onnx.ModelProto. `linear(name)` and `norm(name)` are asked for the
-    Hugging Face parameter names (model.layers.{i}.self_attn.q_proj, ..., lm_head)."""
+    Hugging Face parameter names (model.layers.{i}.self_attn.q_proj, ..., lm_head). With `taps`
+    the graph also returns each linear input's per-feature sum of squares (`_Writer.tap`), and
+    its `taps` attribute maps those outputs to the linears that read them."""
     from onnx import TensorProto, helper
 
-    w = _Writer(arch, linear, norm, accuracy_level)
+    w = _Writer(arch, linear, norm, accuracy_level, taps)
     w.model()
     kv = lambda name: helper.make_tensor_value_info(  # noqa: E731
         name, TensorProto.FLOAT, [1, arch.kv_heads, "capacity", arch.head_dim])
@@ -270,9 +287,13 @@ def write_graph(arch: ArchSpec, linear: Callable[[str], QuantLinear], norm: Call
     for i in range(arch.n_layers):
         inputs += [kv(f"past_key_{i}"), kv(f"past_value_{i}")]
         outputs += [kv(f"present_key_{i}"), kv(f"present_value_{i}")]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["k"]) for name in w.taps or {}]
     graph = helper.make_graph(w.g.nodes, "decoder", inputs, outputs, w.g.inits)
-    return helper.make_model(graph, ir_version=IR_VERSION, producer_name=producer,
-                             opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, ir_version=IR_VERSION, producer_name=producer,
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    if w.taps:
+        helper.set_model_props(model, {"taps": json.dumps(w.taps)})
+    return model
 
 
 def save_graph(model, path, data_name: str = "weights.data") -> None:

@@ -44,12 +44,15 @@ class OrtKVSession:
     GROW = 256  # positions are added in steps of this many
 
     def __init__(self, sess, embed: Callable[[list[int]], np.ndarray], n_layers: int, kv_heads: int,
-                 head_dim: int, max_positions: int):
+                 head_dim: int, max_positions: int, extra_outputs: tuple[str, ...] = ()):
         self.sess, self.embed = sess, embed
         self.n_layers, self.kv_heads, self.head_dim, self.max_positions = n_layers, kv_heads, head_dim, max_positions
         self.length = 0
         self.buffers: list[np.ndarray] = []  # past_key_0, past_value_0, past_key_1, ...
         self.binding = None
+        # other graph outputs fetched with every call (a Lo-Bi calibration graph's taps): their
+        # values after the last call
+        self.extra_outputs, self.extra = tuple(extra_outputs), {}
 
     def forward(self, tokens: list[int], last_only: bool = False, rows_from: int = 0) -> np.ndarray:
         """Append tokens; float32 logits of rows rows_from.. [n - rows_from, vocab] (the last row
@@ -79,7 +82,9 @@ class OrtKVSession:
         b.bind_output("logits")
         self.sess.run_with_iobinding(b)
         self.length += n
-        return b.get_outputs()[0].numpy()[0]
+        values = b.get_outputs()
+        self.extra = {name: values[1 + i].numpy() for i, name in enumerate(self.extra_outputs)}
+        return values[0].numpy()[0]
 
     def _reserve(self, positions: int) -> None:
         """Buffers for at least `positions` positions (what they hold is kept)."""
@@ -101,7 +106,9 @@ class OrtKVSession:
 
         self.buffers = buffers
         b = self.sess.io_binding()
-        b.bind_output("logits")  # first, so get_outputs()[0] is the logits
+        b.bind_output("logits")  # first, so get_outputs()[0] is the logits, then the extra outputs
+        for name in self.extra_outputs:
+            b.bind_output(name)
         for i, buf in enumerate(buffers):
             value = ort.OrtValue.ortvalue_from_numpy(buf)
             kind, layer = ("key", "value")[i % 2], i // 2
@@ -116,7 +123,8 @@ class OrtKVSession:
 
     def fork(self) -> "OrtKVSession":
         """An independent copy holding the same positions, its buffers sized for them."""
-        twin = OrtKVSession(self.sess, self.embed, self.n_layers, self.kv_heads, self.head_dim, self.max_positions)
+        twin = OrtKVSession(self.sess, self.embed, self.n_layers, self.kv_heads, self.head_dim, self.max_positions,
+                            self.extra_outputs)
         twin.length = self.length
         if self.buffers:
             capacity = min(-(-(self.length + 1 + self.GROW // 2) // self.GROW) * self.GROW, self.max_positions)

@@ -13,7 +13,8 @@ from pathlib import Path
 from hola_ros.core.models import LoadedModel
 
 FORMAT = "hola-lobi"
-VERSION = 1
+VERSION = 1  # torch build: quantized tensors in safetensors, exported to its own graphs
+ENGINE_VERSION = 2  # engine build (engine_build): an ONNX Runtime engine directory, served as it is
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 
@@ -39,8 +40,9 @@ def read_manifest(path) -> dict:
     if not is_artifact(path):
         raise ArtifactError(f"{path} is not a Lo-Bi artifact (no {MANIFEST} with format {FORMAT!r})")
     manifest = json.loads((path / MANIFEST).read_text())
-    if manifest.get("version") != VERSION:
-        raise ArtifactError(f"{path}: manifest version {manifest.get('version')} is not supported (expected {VERSION})")
+    if manifest.get("version") not in (VERSION, ENGINE_VERSION):
+        raise ArtifactError(f"{path}: manifest version {manifest.get('version')} is not supported "
+                            f"(expected {VERSION} or {ENGINE_VERSION})")
     return manifest
 
 
@@ -178,8 +180,21 @@ def auto_backend(path, manifest: dict, trt_ok: bool | None = None) -> str:
     return "torch"
 
 
+def _load_engine_artifact(path: Path, manifest: dict, backend: str, threads: int | None, device: str) -> LoadedModel:
+    """An engine build's directory is an engine: it holds every weight it computes with, so it
+    needs no base model at run time (the manifest names it, with its sha256)."""
+    from hola_ros.core.engines import load_engine_dir
+
+    if backend not in ("auto", "onnxruntime"):
+        raise ValueError(f"{path} is a Lo-Bi engine for ONNX Runtime; backend {backend!r} cannot run it")
+    loaded = load_engine_dir(path, threads, device,
+                             name=f"lobi:{manifest['base']['name']}@{manifest['quant']['budget_mb']:g}MB")
+    loaded.info.update(artifact=str(path), manifest=manifest)
+    return loaded
+
+
 def load_artifact(path, backend: str = "auto", threads: int | None = None, base=None,
-                  verify_base: bool = True) -> LoadedModel:
+                  verify_base: bool = True, device: str = "cpu") -> LoadedModel:
     """Load a Lo-Bi artifact as a LoadedModel whose new_session() runs on `backend`.
 
     `base` is the target model the artifact must have been built from (spec or LoadedModel);
@@ -192,6 +207,8 @@ def load_artifact(path, backend: str = "auto", threads: int | None = None, base=
     t0 = time.perf_counter()
     path = Path(path)
     manifest = read_manifest(path)
+    if manifest["version"] == ENGINE_VERSION:
+        return _load_engine_artifact(path, manifest, backend, threads, device)
     if verify_base:
         check_base(path, manifest, base)
     if backend == "auto":

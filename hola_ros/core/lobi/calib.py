@@ -5,6 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def default_calib() -> Path:
     from hola_ros.package_data import gsm8k_train
@@ -42,10 +44,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def token_sequences(texts: list[str], tokenizer, seq_len: int, sep: int | None):
+def token_rows(texts: list[str], tokenizer, seq_len: int, sep: int | None) -> np.ndarray:
     """Concatenate the texts' tokens (separated by `sep`) and cut them into [n, seq_len] rows."""
-    import torch
-
     stream: list[int] = []
     for t in texts:
         stream.extend(tokenizer.encode(t, add_special_tokens=False))
@@ -54,4 +54,11 @@ def token_sequences(texts: list[str], tokenizer, seq_len: int, sep: int | None):
     n = len(stream) // seq_len
     if n == 0:
         raise ValueError(f"calibration text has {len(stream)} tokens, fewer than one {seq_len}-token sequence")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).reshape(n, seq_len)
+    return np.asarray(stream[: n * seq_len], np.int64).reshape(n, seq_len)
+
+
+def token_sequences(texts: list[str], tokenizer, seq_len: int, sep: int | None):
+    """token_rows as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(token_rows(texts, tokenizer, seq_len, sep))

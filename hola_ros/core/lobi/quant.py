@@ -18,12 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .search import BudgetError, search_bits  # noqa: F401 (the torch path's build imports them from here)
+
 CHOICES = (4, 8, 16)
 _SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)  # clipping ratios tried per group; keeps the lowest MSE
-
-
-class BudgetError(ValueError):
-    """No configuration fits the requested memory budget."""
 
 
 @dataclass
@@ -116,47 +114,3 @@ def quantize(w: torch.Tensor, bits: int, group: int = 32) -> QTensor:
 
 def fake_quant(w: torch.Tensor, bits: int, group: int = 32) -> torch.Tensor:
     return quantize(w, bits, group).dequantize()
-
-
-def search_bits(errors: dict[str, dict[int, float]], costs: dict[str, dict[int, int]], budget_bytes: int,
-                fixed_bytes: int = 0, unit: int = 4096) -> dict[str, int]:
-    """Per-block bits minimising the summed calibration error with total bytes <= budget.
-
-    A multiple-choice knapsack solved exactly by dynamic programming over bytes rounded UP to
-    `unit` (so the chosen configuration always fits). Raises BudgetError when even the
-    smallest configuration does not fit.
-    """
-    names = list(errors)
-    cheapest = fixed_bytes + sum(min(costs[n].values()) for n in names)
-    if cheapest > budget_bytes:
-        raise BudgetError(
-            f"budget {budget_bytes / 1e6:.2f} MB is below the smallest possible model "
-            f"({cheapest / 1e6:.2f} MB with every block at {min(CHOICES)} bits and the chosen ranks); "
-            f"raise --budget-mb or compress ranks harder")
-    cap = (budget_bytes - fixed_bytes) // unit
-    inf = float("inf")
-    best = np.full(cap + 1, inf)
-    best[0] = 0.0
-    picks = []
-    for n in names:
-        nxt = np.full(cap + 1, inf)
-        arg = np.zeros(cap + 1, dtype=np.int16)
-        for bits, cost in costs[n].items():
-            c = -(-cost // unit)
-            if c > cap:
-                continue
-            cand = np.full(cap + 1, inf)
-            cand[c:] = best[:cap + 1 - c] + errors[n][bits]
-            take = cand < nxt
-            nxt[take], arg[take] = cand[take], bits
-        best = nxt
-        picks.append(arg)
-    end = int(np.argmin(best))
-    if not np.isfinite(best[end]):  # rounding up to units can make a just-fitting budget infeasible
-        raise BudgetError(f"budget {budget_bytes / 1e6:.2f} MB is too tight to fit (minimum ~{cheapest / 1e6:.2f} MB)")
-    chosen = {}
-    for n, arg in zip(reversed(names), reversed(picks)):
-        bits = int(arg[end])
-        chosen[n] = bits
-        end -= -(-costs[n][bits] // unit)
-    return {n: chosen[n] for n in names}
