@@ -9,33 +9,44 @@ from hola_ros.core.evaluation import speed
 from lobi_helpers import save_tiny
 
 
-def _run(system, set_name, i, tokens, seconds, **extra):
+def _run(system, set_name, i, tokens, seconds, ttft, **extra):
+    """One timed run as speed._timed_run records it."""
     return {"set": set_name, "prompt": i, "prompt_tokens": 5, "new_tokens": len(tokens), "seconds": seconds,
-            "cpu_s": seconds, "tokens": tokens, **extra}
+            "ttft_s": ttft, "decode_tokens_per_s": (len(tokens) - 1) / (seconds - ttft), "cpu_s": seconds,
+            "tokens": tokens, **extra}
 
 
 def test_summary_ratios_identity_and_agreement_come_from_the_runs():
     results = {
         "llamacpp": {"system": "llamacpp", "peak_rss_mb": 200.0, "runs": [
-            _run("llamacpp", "passage", 0, [1, 2, 3, 4], 1.0), _run("llamacpp", "passage", 1, [5, 6, 7, 8], 1.0)]},
+            _run("llamacpp", "passage", 0, [1, 2, 3, 4, 5], 1.0, 0.2), _run("llamacpp", "passage", 1, [5, 6, 7, 8, 9], 1.0, 0.2)]},
         "ar": {"system": "ar", "peak_rss_mb": 250.0, "runs": [
-            _run("ar", "passage", 0, [1, 2, 9, 9], 2.0, teacher_forced_agreement=0.75),
-            _run("ar", "passage", 1, [5, 6, 7, 8], 2.0, teacher_forced_agreement=1.0)]},
+            _run("ar", "passage", 0, [1, 2, 9, 9, 9], 2.0, 0.4, teacher_forced_agreement=0.75),
+            _run("ar", "passage", 1, [5, 6, 7, 8, 9], 2.0, 0.4, teacher_forced_agreement=1.0)]},
         "hsd_l0": {"system": "hsd_l0", "peak_rss_mb": 260.0, "runs": [
-            _run("hsd_l0", "passage", 0, [1, 2, 9, 9], 0.5, acceptance_rate=0.5, mean_accepted_block=2.0),
-            _run("hsd_l0", "passage", 1, [5, 6, 7, 8], 0.5, acceptance_rate=0.7, mean_accepted_block=3.0)]},
+            _run("hsd_l0", "passage", 0, [1, 2, 9, 9, 9], 0.5, 0.1, acceptance_rate=0.5, mean_accepted_block=2.0),
+            _run("hsd_l0", "passage", 1, [5, 6, 7, 8, 9], 0.5, 0.1, acceptance_rate=0.7, mean_accepted_block=3.0)]},
+        "lobi_ar": {"system": "lobi_ar", "peak_rss_mb": 240.0, "runs": [
+            _run("lobi_ar", "passage", 0, [1, 2, 3, 3, 3], 1.0, 0.2), _run("lobi_ar", "passage", 1, [5, 6, 7, 8, 9], 1.0, 0.2)]},
+        "lobi_hsd_l0": {"system": "lobi_hsd_l0", "peak_rss_mb": 240.0, "runs": [
+            _run("lobi_hsd_l0", "passage", 0, [1, 2, 3, 3, 3], 0.5, 0.1, acceptance_rate=0.5, mean_accepted_block=2.0),
+            _run("lobi_hsd_l0", "passage", 1, [5, 6, 7, 8, 9], 0.5, 0.1, acceptance_rate=0.5, mean_accepted_block=2.0)]},
         "hsd_l1": {"system": "hsd_l1", "error": "the hsd_l1 process failed (signal 4)"},
     }
     s = speed.summarize(results, ["passage"])["passage"]
-    assert s["llamacpp"]["x_llamacpp"] == 1.0 and s["ar"]["x_llamacpp"] == 0.5 and s["hsd_l0"]["x_llamacpp"] == 2.0
-    assert s["hsd_l0"]["x_ar"] == 4.0 and s["hsd_l0"]["same_as_ar"] is True
+    assert s["llamacpp"]["decode_tokens_per_s"] == 5.0 and s["ar"]["decode_tokens_per_s"] == 2.5
+    assert s["ar"]["decode_tokens_per_s_x_llamacpp"] == 0.5 and s["hsd_l0"]["decode_tokens_per_s_x_llamacpp"] == 2.0
+    assert s["hsd_l0"]["median_tokens_per_s_x_llamacpp"] == 2.0 and s["ar"]["ttft_x_llamacpp"] == 0.5
+    assert s["hsd_l0"]["decode_tokens_per_s_x_ar"] == 4.0 and s["hsd_l0"]["same_as_ar"] is True
+    assert s["lobi_ar"]["decode_tokens_per_s_x_ar"] == 2.0  # the Lo-Bi engine against the GGUF engine's AR
+    assert s["lobi_hsd_l0"]["same_as_ar"] is True  # against its own engine's plain decoding, not the GGUF's
     assert s["hsd_l0"]["acceptance"] == pytest.approx(0.6) and s["hsd_l0"]["tokens_per_pass"] == 2.5
-    assert s["ar"]["first_divergence_vs_llamacpp"] == 3.0  # (2 + 4) / 2
+    assert s["ar"]["first_divergence_vs_llamacpp"] == 3.5  # (2 + 5) / 2
     assert s["ar"]["teacher_forced_agreement"] == pytest.approx(0.875)
     assert "hsd_l1" not in s
     md = speed.markdown({"spec": "m.gguf", "l1": None, "max_new_tokens": 4, "threads": 2, "time": "now",
                          "load_avg_end": [0.5, 0.5, 0.5], "results": results, "summary": {"passage": s}})
-    assert "| passage | hsd_l0 | 8.00 | 2.00 | 4.00 |" in md
+    assert "| passage | hsd_l0 | 10.00 | 2.00 | 4.00 | 0.100 | 2.00 | 10.00 | 2.00 |" in md
     assert "- hsd_l1: the hsd_l1 process failed (signal 4)" in md
 
 
@@ -52,7 +63,7 @@ def test_a_real_run_each_system_in_its_own_process(tiny_dir):
     prompts = {"passage": [chat_ids(tok, [{"role": "user", "content": "The robot picks up 3 red cups. " * 4}])],
                "gsm8k": [chat_ids(tok, [{"role": "user", "content": "How many wheels do 4 robots have?"}])]}
     report = speed.run(str(tiny_dir), prompts, ["llamacpp", "ar", "hsd_l0"], max_new_tokens=12, threads=1,
-                       log=lambda m: None)
+                       log=lambda m: None, ignore_eos=True)
     res = report["results"]
     assert "is not a GGUF file" in res["llamacpp"]["error"]
     for system in ("ar", "hsd_l0"):
@@ -60,7 +71,9 @@ def test_a_real_run_each_system_in_its_own_process(tiny_dir):
         assert res[system]["peak_rss_mb"] > 50
     assert set(res["ar"]["curve_s"]) == {str(b) for b in speed.CURVE_ROWS} and "curve_s" not in res["hsd_l0"]
     summary = report["summary"]
-    assert summary["passage"]["hsd_l0"]["same_as_ar"] is True and summary["gsm8k"]["ar"]["x_llamacpp"] is None
+    assert summary["passage"]["hsd_l0"]["same_as_ar"] is True
+    assert summary["gsm8k"]["ar"]["decode_tokens_per_s_x_llamacpp"] is None  # no peer row, no invented ratio
+    assert all(r["ttft_s"] <= r["seconds"] for r in res["hsd_l0"]["runs"])
 
 
 def test_a_crashing_peer_is_reported_and_the_run_goes_on(tmp_path, monkeypatch, tiny_dir):

@@ -17,6 +17,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="target: packaged name (default: the served default) or .gguf")
     p.add_argument("--l1", default=None, help="L1 drafter for hsd_l1 / hsd_l0_l1: a model spec, a Lo-Bi artifact "
                                               "or 'int8'; giving it adds those systems")
+    p.add_argument("--lobi", default=None,
+                   help="a Lo-Bi engine of the same GGUF (hola-ros lobi build); giving it adds lobi_ar, lobi_hsd_l0 "
+                        "(and lobi_hsd_l0_l1 with --l1): the same decoding on it, beside the GGUF's engine")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--n-passage", type=int, default=4, help="passage-grounded prompts")
     p.add_argument("--n-gsm8k", type=int, default=4, help="GSM8K-train questions")
@@ -53,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
     from hola_ros.core.retrieval.ingest import demo_kb_dir
 
     default = list(DEFAULT_SYSTEMS) + (["hsd_l1", "hsd_l0_l1"] if args.l1 else [])
+    default += (["lobi_ar", "lobi_hsd_l0"] + (["lobi_hsd_l0_l1"] if args.l1 else [])) if args.lobi else []
     systems = [s for s in (args.systems.split(",") if args.systems else default) if s]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         print(f"error: unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}", file=sys.stderr)
         return 2
-    if {"hsd_l1", "hsd_l0_l1"} & set(systems) and not args.l1:
+    if {"hsd_l1", "hsd_l0_l1", "lobi_hsd_l1", "lobi_hsd_l0_l1"} & set(systems) and not args.l1:
         print("error: hsd_l1 and hsd_l0_l1 need --l1", file=sys.stderr)
+        return 2
+    if any(s.startswith("lobi_") for s in systems) and not args.lobi:
+        print("error: lobi_* systems need --lobi (a Lo-Bi engine directory)", file=sys.stderr)
         return 2
     spec = args.model or DEFAULT_MODEL
     questions = Path(args.kb_questions) if args.kb_questions else require_package_file("data/kb_eval/questions.jsonl")
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                 args.n_passage, args.n_gsm8k, args.n_grounded, questions)
     report = speed.run(spec, prompts, systems, args.max_new_tokens, args.threads, l1=args.l1,
                        curve=not args.no_curve, log=lambda m: print(m, file=sys.stderr, flush=True),
-                       ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache)
+                       ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache, lobi=args.lobi)
     report["command"] = "hola-ros bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

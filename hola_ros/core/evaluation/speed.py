@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-SYSTEMS = ("llamacpp", "ar", "hsd_l0", "hsd_l1", "hsd_l0_l1", "hf_generate")
+ENGINE_SYSTEMS = ("ar", "hsd_l0", "hsd_l1", "hsd_l0_l1")
+# lobi_*: the same decoding on a Lo-Bi engine of the GGUF (`lobi`), beside the GGUF's own engine and llama.cpp
+SYSTEMS = ("llamacpp", *ENGINE_SYSTEMS, "hf_generate", *(f"lobi_{s}" for s in ENGINE_SYSTEMS))
 SETS = ("passage", "grounded", "gsm8k")
 CURVE_ROWS = (1, 2, 3, 4, 6, 8, 12, 16)
 PASSAGE_QUESTIONS = [
@@ -95,15 +97,18 @@ def _runner(args: dict):
     from hola_ros.core.hsd import GenerationConfig, generate
     from hola_ros.core.kvcache import PromptCache
 
-    target = load_engine(spec, threads=threads)
-    l1_model = load_l1(args.get("l1"), spec, threads=threads) if system in ("hsd_l1", "hsd_l0_l1") else None
-    if system in ("hsd_l1", "hsd_l0_l1") and l1_model is None:
+    lobi, mode = system.startswith("lobi_"), system.removeprefix("lobi_")
+    if lobi and not args.get("lobi"):
+        raise ValueError(f"{system} needs --lobi")
+    target = load_engine(args["lobi"] if lobi else spec, threads=threads)
+    l1_model = load_l1(args.get("l1"), spec, threads=threads) if mode in ("hsd_l1", "hsd_l0_l1") else None
+    if mode in ("hsd_l1", "hsd_l0_l1") and l1_model is None:
         raise ValueError(f"{system} needs --l1")
     cache = PromptCache(target) if reuse else None
 
     def decode(ids, n):
-        drafter = None if system == "ar" else LocalDrafter(ngram=system != "hsd_l1", model=l1_model)
-        res = generate(target, ids, GenerationConfig(mode="ar" if system == "ar" else "hsd", max_new_tokens=n,
+        drafter = None if mode == "ar" else LocalDrafter(ngram=mode != "hsd_l1", model=l1_model)
+        res = generate(target, ids, GenerationConfig(mode="ar" if mode == "ar" else "hsd", max_new_tokens=n,
                                                      ignore_eos=ignore_eos), drafter=drafter, cache=cache)
         return res.token_ids, res.stats
 
@@ -201,7 +206,7 @@ def measure(args: dict) -> dict:
         for i, ids in enumerate(prompts):
             run = _timed_run(decode, set_name, i, ids, n)
             reference = (args.get("reference") or {}).get(set_name)
-            if reference and args["system"] == "ar":
+            if reference and args["system"] in ("ar", "lobi_ar"):
                 run["teacher_forced_agreement"] = _teacher_forced(model, ids, reference[i])
             runs.append(run)
             print(f"{args['system']:10s} {set_name}[{i}] {run['new_tokens']} tokens, TTFT {run['ttft_s']:.2f} s, "
@@ -236,20 +241,21 @@ def spawn(args: dict, log=print) -> dict:
 
 
 def run(spec: str, prompts: dict, systems: list[str], max_new_tokens: int, threads: int, l1: str | None = None,
-        curve: bool = True, log=print, ignore_eos: bool = False, prefix_cache: bool = True) -> dict:
+        curve: bool = True, log=print, ignore_eos: bool = False, prefix_cache: bool = True,
+        lobi: str | None = None) -> dict:
     """Every system on the same prompts; llama.cpp first, so its tokens are the reference."""
     results = {}
-    common = dict(spec=spec, l1=l1, prompts=prompts, max_new_tokens=max_new_tokens, threads=threads, curve=curve,
-                  ignore_eos=ignore_eos, prefix_cache=prefix_cache)
+    common = dict(spec=spec, l1=l1, lobi=lobi, prompts=prompts, max_new_tokens=max_new_tokens, threads=threads,
+                  curve=curve, ignore_eos=ignore_eos, prefix_cache=prefix_cache)
     order = sorted(systems, key=lambda s: (s != "llamacpp", s != "ar"))
     reference = None
     for system in order:
         # one curve per engine: llama.cpp's, and this engine's (every ar/hsd system runs the same one)
         results[system] = spawn(dict(common, system=system, reference=reference,
-                                     curve=curve and system in ("llamacpp", "ar")), log)
+                                     curve=curve and system in ("llamacpp", "ar", "lobi_ar")), log)
         if system == "llamacpp" and "runs" in results[system]:
             reference = {s: [r["tokens"] for r in results[system]["runs"] if r["set"] == s] for s in prompts}
-    return {"spec": spec, "l1": l1, "max_new_tokens": max_new_tokens, "threads": threads, "ignore_eos": ignore_eos,
+    return {"spec": spec, "l1": l1, "lobi": lobi, "max_new_tokens": max_new_tokens, "threads": threads, "ignore_eos": ignore_eos,
             "prefix_cache": prefix_cache, "cpus": os.cpu_count(), "cpu": _cpu_name(),
             "load_avg_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "prompt_tokens": {s: [len(p) for p in ps] for s, ps in prompts.items()},
@@ -296,7 +302,7 @@ def _row(rs: list[dict], system: str) -> dict:
            "tokens_per_cpu_s": _median(x["new_tokens"] / x["cpu_s"] for x in rs if x["cpu_s"] > 0),
            "new_tokens": sum(x["new_tokens"] for x in rs),
            "reused_prompt_tokens": sum(x.get("reused_prompt_tokens") or 0 for x in rs)}
-    if system.startswith("hsd"):
+    if "hsd" in system:
         row["acceptance"] = _median(x.get("acceptance_rate") for x in rs)
         row["tokens_per_pass"] = _median(x.get("mean_accepted_block") for x in rs)
         row["levels"] = _levels(rs)
@@ -316,8 +322,9 @@ def summarize(results: dict, sets: list[str]) -> dict:
                 row[f"{key}_x_llamacpp"] = _ratio(row[key], peer.get(key))
                 row[f"{key}_x_ar"] = _ratio(row[key], rows.get("ar", {}).get(key))
             row["ttft_x_llamacpp"] = _ratio(peer.get("ttft_s"), row["ttft_s"])  # > 1: faster first token
-            if "ar" in runs and system.startswith("hsd"):
-                row["same_as_ar"] = all(x["tokens"] == y["tokens"] for x, y in zip(runs[system], runs["ar"]))
+            plain = "lobi_ar" if system.startswith("lobi_") else "ar"  # greedy HSD against its own engine's AR
+            if plain in runs and "hsd" in system:
+                row["same_as_ar"] = all(x["tokens"] == y["tokens"] for x, y in zip(runs[system], runs[plain]))
             if "llamacpp" in runs and system != "llamacpp":
                 row["first_divergence_vs_llamacpp"] = statistics.mean(
                     _first_divergence(x["tokens"], y["tokens"]) for x, y in zip(runs[system], runs["llamacpp"]))
@@ -342,6 +349,7 @@ def markdown(report: dict) -> str:
     eos = "EOS masked" if report.get("ignore_eos") else "stopping at EOS"
     cache = "prefix cache on" if report.get("prefix_cache", True) else "no prefix cache"
     lines = [f"`{report['spec']}`" + (f", L1 `{report['l1']}`" if report["l1"] else "") +
+             (f", Lo-Bi engine `{report['lobi']}`" if report.get("lobi") else "") +
              f": greedy, at most {report['max_new_tokens']} new tokens ({eos}), {report['threads']} threads, {cache}, "
              f"each system in its own process; medians over the prompts of a set; {report.get('cpu', '')}; load "
              f"average at the end {', '.join(f'{x:.1f}' for x in report['load_avg_end'])} ({report['time']}).", "",
