@@ -106,3 +106,22 @@ def test_a_budget_below_every_block_at_4_bits_is_refused_with_the_minimum(tmp_pa
     assert re.search(r"budget 60.00 MB is below the smallest possible model \(\d+\.\d+ MB", capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
     assert main(["lobi", "build", "--model", MODEL, "--budget-mb", "130", "--lowrank"]) == 2  # a torch-build option
+
+
+def test_the_engine_graph_goes_to_tensorrt_where_it_exists_and_says_why_not_here(built):
+    import onnxruntime as ort
+
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.hsd import GenerationConfig, generate
+
+    path, _ = built["tight"]
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ValueError, match="no TensorRT and CUDA providers here"):
+            load_engine(str(path), backend="tensorrt")
+        pytest.skip("no TensorRT here: onnxruntime has no TensorrtExecutionProvider (PyPI's tensorrt packages "
+                    "cannot install on these machines; JetPack's onnxruntime-gpu on a Jetson has it)")
+    trt = load_engine(str(path), backend="tensorrt")
+    assert trt.info["providers"][0] == "TensorrtExecutionProvider"
+    prompt = trt.chat_ids([{"role": "user", "content": "Name a colour."}])
+    out = generate(trt, prompt, GenerationConfig(mode="hsd", max_new_tokens=16))
+    assert out.token_ids and out.stats["exact"] == trt.info["row_invariant"]  # probed on TensorRT, not assumed

@@ -182,10 +182,11 @@ class LocalDrafter:
         """Level 1: check the level-0 `copy` (the cascade) and draft on, one token per step, while
         the policy expects the block's rate to rise; the best prefix is proposed."""
         st, policy = req.model, req.policy
+        fed = max(st.unread(req.context), 1) + len(copy)  # read() feeds at least the last context token
         t0 = time.perf_counter()
         rows = st.read(req.context, copy)
         if policy.l1 is not None:
-            policy.l1.observe(st.unread(req.context) + len(copy) or 1, time.perf_counter() - t0)
+            policy.l1.observe(fed, time.perf_counter() - t0)
         agreed = _agreed(rows, copy)
         for i in range(min(agreed + 1, len(copy))):
             policy.agree.update(i < agreed)

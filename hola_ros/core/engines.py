@@ -5,7 +5,9 @@ directory, or a Lo-Bi artifact directory. Backends:
   onnxruntime  GGUF weights kept quantized in MatMulNBits (onnx_graph); the default for GGUFs
   torch        float32 (dequantized GGUF or HF directory), row-invariant packed kernels;
                dtype int8 gives a dynamic-int8 copy (a drafter, never ground truth)
-  tensorrt     Lo-Bi artifacts' TensorRT engines, where TensorRT exists
+  tensorrt     the same engine graph through ONNX Runtime's TensorRT provider (TensorRT takes the
+               subgraphs it supports, MatMulNBits and GroupQueryAttention stay on CUDA), and the torch
+               Lo-Bi artifacts' own TensorRT engines; only where TensorRT exists (a Jetson)
 Every engine says whether a verified block equals one-token steps bitwise
 (info["row_invariant"], probed on the loaded model, not assumed).
 """
@@ -46,11 +48,10 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     if not path.exists():
         raise FileNotFoundError(f"model spec {spec!r}: expected a packaged name, a .gguf file, a Hugging Face "
                                 f"model directory or a Lo-Bi artifact directory")
-    if backend == "tensorrt":
-        raise ValueError("backend tensorrt runs Lo-Bi artifacts (hola-ros lobi build --export onnx); "
-                         f"{spec!r} is not one")
-    if is_gguf and backend in ("auto", "onnxruntime") and dtype in ("float32", "gguf"):
-        return load_gguf(path, threads=threads, device=device)
+    if backend == "tensorrt" and not is_gguf:
+        raise ValueError(f"backend tensorrt runs GGUF engines and Lo-Bi artifacts; {spec!r} is neither")
+    if is_gguf and backend in ("auto", "onnxruntime", "tensorrt") and dtype in ("float32", "gguf"):
+        return load_gguf(path, threads=threads, device="tensorrt" if backend == "tensorrt" else device)
     if backend == "onnxruntime":
         raise ValueError(f"backend onnxruntime needs a .gguf file or a Lo-Bi artifact, not {spec!r} "
                          f"(dtype {dtype!r} runs on torch)")
@@ -129,10 +130,16 @@ def _prune_stale(current: Path, gguf: Path, writer: str) -> None:
 
 
 def _providers(device: str) -> list[str]:
+    """ONNX Runtime providers for `device` (DEVICES, or "tensorrt": TensorRT first, CUDA for what it leaves)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     cuda = "CUDAExecutionProvider" in available
+    if device == "tensorrt":
+        if "TensorrtExecutionProvider" not in available or not cuda:
+            raise ValueError("backend tensorrt: onnxruntime has no TensorRT and CUDA providers here (available: "
+                             f"{', '.join(available)}); on a Jetson, install JetPack's onnxruntime-gpu")
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda" and not cuda:
         raise ValueError(f"device cuda: onnxruntime has no CUDA provider here (available: {', '.join(available)})")
     return (["CUDAExecutionProvider"] if cuda and device in ("cuda", "auto") else []) + ["CPUExecutionProvider"]

@@ -185,9 +185,9 @@ def _load_engine_artifact(path: Path, manifest: dict, backend: str, threads: int
     needs no base model at run time (the manifest names it, with its sha256)."""
     from hola_ros.core.engines import load_engine_dir
 
-    if backend not in ("auto", "onnxruntime"):
+    if backend not in ("auto", "onnxruntime", "tensorrt"):
         raise ValueError(f"{path} is a Lo-Bi engine for ONNX Runtime; backend {backend!r} cannot run it")
-    loaded = load_engine_dir(path, threads, device,
+    loaded = load_engine_dir(path, threads, "tensorrt" if backend == "tensorrt" else device,
                              name=f"lobi:{manifest['base']['name']}@{manifest['quant']['budget_mb']:g}MB")
     loaded.info.update(artifact=str(path), manifest=manifest)
     return loaded

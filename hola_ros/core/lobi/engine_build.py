@@ -163,6 +163,9 @@ def build_engine_artifacts(targets, model: str | None = None, calib=None, calib_
     errors, costs, linears = _choices(gguf, moments, progress)
     reference_bytes = engine_bytes(reference_dir)
     fixed = reference_bytes - sum(c["exact"] for c in costs.values())
+    least = fixed + sum(min(c.values()) for c in costs.values())
+    for _, budget_mb in targets:  # every budget is checked before any engine is written
+        search_bits(errors, costs, int(budget_mb * 1e6), fixed_bytes=fixed)
     base = {"spec": spec, "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size, "gguf_sha256": file_sha256(gguf),
             "engine_bytes": reference_bytes, "name": reference.name}
     manifests = []
@@ -181,7 +184,7 @@ def build_engine_artifacts(targets, model: str | None = None, calib=None, calib_
             "calibration": {"file": str(calib_path), "sha256": file_sha256(calib_path), "samples": len(texts),
                             "sequences": int(rows.shape[0]), "seq_len": seq_len, "tokens": int(rows.size)},
             "quant": {"formats": list(FORMATS), "budget_mb": budget_mb,
-                      "min_feasible_mb": (fixed + sum(min(c.values()) for c in costs.values())) / 1e6,
+                      "min_feasible_mb": least / 1e6,
                       "requantized": sorted(formats)},
             "blocks": {block: {"format": chosen[block], "error": errors[block][chosen[block]], "errors": errors[block],
                                "bytes": costs[block][chosen[block]], "bytes_by_format": costs[block],
