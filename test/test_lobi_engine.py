@@ -125,3 +125,14 @@ def test_the_engine_graph_goes_to_tensorrt_where_it_exists_and_says_why_not_here
     prompt = trt.chat_ids([{"role": "user", "content": "Name a colour."}])
     out = generate(trt, prompt, GenerationConfig(mode="hsd", max_new_tokens=16))
     assert out.token_ids and out.stats["exact"] == trt.info["row_invariant"]  # probed on TensorRT, not assumed
+
+
+def test_a_lobi_spec_names_the_built_engine_or_says_how_to_build_it(tmp_path, monkeypatch):
+    from hola_ros.core.engines import load_engine
+    from hola_ros.core.model_store import lobi_engine_dir
+
+    monkeypatch.setenv("HOLA_ROS_CACHE", str(tmp_path))
+    assert lobi_engine_dir("qwen2.5-coder-1.5b-instruct@1150mb") == tmp_path / "lobi" / "qwen2.5-coder-1.5b-instruct-1150mb"
+    assert lobi_engine_dir("qwen2.5-coder-1.5b-instruct") is None and lobi_engine_dir("a@b@1mb") is None
+    with pytest.raises(FileNotFoundError, match=r"hola-ros lobi build --model smollm2-135m-instruct --budget-mb 120"):
+        load_engine("smollm2-135m-instruct@120mb")

@@ -32,8 +32,9 @@ def register(sub) -> None:
     b.add_argument("--group", type=int, default=32, help="quantization group size (default 32)")
     b.add_argument("--recovery-s", type=float, default=0.0,
                    help="seconds of LoRA recovery tuning after the low-rank stage (default 0 = off)")
-    b.add_argument("--out", help="artifact directory (default results/lobi/<model>-<budget>mb); with several "
-                                 "budgets, the parent directory of <model>-<budget>mb artifacts")
+    b.add_argument("--out", help="artifact directory (default: for a packaged model's engine build, the cache folder "
+                                 "where the spec <model>@<budget>mb finds it; else results/lobi/<model>-<budget>mb); "
+                                 "with several budgets, the parent directory of <model>-<budget>mb artifacts")
     b.add_argument("--export", default="", help="comma list: onnx, tensorrt (dense ONNX + engine where TensorRT exists)")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--json", action="store_true", help="print the manifest instead of the table")
@@ -152,7 +153,7 @@ def run_build(args) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hola_ros.core.lobi.search import BudgetError
-    from hola_ros.core.model_store import DEFAULT_MODEL
+    from hola_ros.core.model_store import DEFAULT_MODEL, is_packaged, lobi_engine_dir
 
     model = args.model or DEFAULT_MODEL
     engine = _is_gguf(model) and not args.torch
@@ -170,6 +171,8 @@ def run_build(args) -> int:
     stem = os.path.basename(str(model).rstrip("/"))
     if len(budgets) == 1 and args.out:
         targets = [(args.out, budgets[0])]
+    elif engine and is_packaged(model) and not args.out:  # where the spec NAME@BUDGETmb finds it
+        targets = [(str(lobi_engine_dir(f"{model}@{b:g}mb")), b) for b in budgets]
     else:
         parent = args.out or os.path.join("results", "lobi")
         targets = [(os.path.join(parent, f"{stem}-{b:g}mb"), b) for b in budgets]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hola_ros.core.model_store import DEFAULT_MODEL, cache_base, gguf_path, is_packaged
+from hola_ros.core.model_store import DEFAULT_MODEL, cache_base, gguf_path, is_packaged, lobi_engine_dir
 
 BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
@@ -41,6 +41,14 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     spec = str(spec or DEFAULT_MODEL)
+    built = lobi_engine_dir(spec)
+    if built is not None:
+        if not is_artifact(built):
+            name, budget = spec.rsplit("@", 1)
+            raise FileNotFoundError(f"Lo-Bi engine {spec!r} is not built ({built}): run `hola-ros lobi build --model "
+                                    f"{name} --budget-mb {budget.removesuffix('mb')}` (make models builds the "
+                                    f"quality profile's)")
+        spec = str(built)
     if is_artifact(spec):
         return load_artifact(spec, backend=backend, threads=threads, device=device)
     path = _spec_path(spec)
@@ -76,7 +84,11 @@ def gguf_file(spec: str) -> Path:
 def load_tokenizer(spec: str | None = None):
     """Just the tokenizer of a spec (no weights loaded): for preparing prompts."""
     spec = str(spec or DEFAULT_MODEL)
-    path = _spec_path(spec)
+    path = lobi_engine_dir(spec) or _spec_path(spec)
+    if (path / "meta.json").is_file():  # an engine directory (a Lo-Bi engine build) holds its tokenizer
+        from hola_ros.core.tokenizer import ChatTokenizer
+
+        return ChatTokenizer(path)
     if path.suffix.lower() == ".gguf":
         from hola_ros.core.tokenizer import ChatTokenizer
 

@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -48,6 +49,18 @@ PACKAGED = {
 
 class ModelNotInstalled(FileNotFoundError):
     """A packaged model whose packages are missing (the message says how to install them)."""
+
+
+_LOBI_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)@(?P<mb>\d+(?:\.\d+)?)mb$")
+
+
+def lobi_engine_dir(spec: str) -> Path | None:
+    """Where the Lo-Bi engine a spec `NAME@BUDGETmb` names lives (`hola-ros lobi build --model NAME
+    --budget-mb BUDGET` writes it there), or None for any other spec."""
+    found = _LOBI_SPEC.match(str(spec))
+    if not found:
+        return None
+    return cache_base() / "lobi" / f"{found['name']}-{float(found['mb']):g}mb"
 
 
 def cache_base() -> Path:
