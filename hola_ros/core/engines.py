@@ -73,6 +73,17 @@ def _spec_path(spec: str) -> Path:
     return gguf_path(spec) if is_packaged(spec) else Path(spec).expanduser()
 
 
+def load_engine_base_gguf(spec: str) -> Path:
+    """The GGUF a spec's engine comes from: the GGUF itself, or a Lo-Bi engine's base."""
+    from hola_ros.core.lobi import is_artifact, read_manifest
+
+    built = lobi_engine_dir(spec)
+    path = built if built is not None else Path(spec)
+    if is_artifact(path) and read_manifest(path).get("kind") == "engine":
+        return Path(read_manifest(path)["base"]["gguf"])
+    return gguf_file(spec)
+
+
 def gguf_file(spec: str) -> Path:
     """The GGUF file a spec names (a packaged model or a path)."""
     path = _spec_path(spec)

@@ -92,3 +92,25 @@ class LlamaCpp:
         self.lib.llama_batch_free(self.batch)
         self.lib.llama_free(self.ctx)
         self.lib.llama_model_free(self.model)
+
+
+def memory_probe(ggufs: list[str], prompts: list[list[int]], max_new_tokens: int, threads: int = 2) -> dict:
+    """One process holding the same models the graph serves (the target and its level-1 drafter, each in
+    its own llama.cpp context, as llama_ros loads a speculative draft model), the target decoding the
+    prompts greedily: its RSS after the answers and its peak (MB = 2^20 bytes)."""
+    import resource
+
+    import psutil
+
+    peers = [LlamaCpp(g, threads=threads) for g in ggufs]
+    for prompt in prompts:
+        peers[0].greedy(prompt, max_new_tokens, ignore_eos=False)
+    return {"ggufs": list(ggufs), "rss_mb": psutil.Process().memory_info().rss / 2**20,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(memory_probe(**json.loads(sys.argv[1]))))
