@@ -168,16 +168,19 @@ def _providers(device: str) -> list[str]:
     return (["CUDAExecutionProvider"] if cuda and device in ("cuda", "auto") else []) + ["CPUExecutionProvider"]
 
 
-def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accuracy_level: int = 4):
-    """A GGUF on the ONNX Runtime engine (weights quantized, see gguf_import)."""
+def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accuracy_level: int = 4,
+              pad_rows: bool = True):
+    """A GGUF on the ONNX Runtime engine (weights quantized, see gguf_import). `accuracy_level` and
+    `pad_rows` other than the defaults exist to show what breaks without the invariance machinery."""
     t0 = time.perf_counter()
-    loaded = load_engine_dir(engine_cache(gguf, accuracy_level), threads, device, name=Path(gguf).stem)
+    loaded = load_engine_dir(engine_cache(gguf, accuracy_level), threads, device, name=Path(gguf).stem,
+                             pad_rows=pad_rows)
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
 
 def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu", name: str | None = None,
-                    extra_outputs: tuple[str, ...] = ()):
+                    extra_outputs: tuple[str, ...] = (), pad_rows: bool = True):
     """An engine directory written by gguf_import.convert (the cache of a GGUF, or a Lo-Bi engine)."""
     from gguf import GGMLQuantizationType, quants
 
@@ -199,7 +202,8 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
     positions = int(meta["max_positions"])
 
     def new_session():
-        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions, extra_outputs)
+        return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions, extra_outputs,
+                            min_rows=loaded.info.get("min_rows", 1))
 
     tokenizer = ChatTokenizer(folder)
     special = meta["special_tokens"]
@@ -216,25 +220,31 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
                        weights_bytes=(folder / "weights.data").stat().st_size,
                        embedding_bytes=(folder / "embeddings.npy").stat().st_size,
                        weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
-    characterize(loaded)
+    characterize(loaded, pad_rows=pad_rows)
+    loaded.context_length = positions - loaded.info.get("min_rows", 1)  # padding rows need their positions too
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
 
-def characterize(model, rows=(1, 2, 4, 8, 16)):
+def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True):
     """Measure what the HSD loop relies on, on the loaded model itself: whether a verified block
     gives bitwise the logits of one-token steps (info["row_invariant"]; decides whether greedy
     HSD is guaranteed to reproduce plain decoding) and what a step of B rows costs relative to one
-    row (info["verify_cost"]; the draft length policy reads it)."""
+    row (info["verify_cost"]; the draft length policy reads it). An ONNX Runtime engine whose
+    one-row calls round differently from its blocks (MatMulNBits on 4-bit blocks of 64 or more
+    has a one-row kernel of its own) is probed again with every call padded to two rows
+    (info["min_rows"], read by its sessions), and keeps the padding if that makes it invariant."""
     ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog. " * 3)
+    same = _block_equals_steps(model, ids)
+    if not same and pad_rows and model.info.get("backend") == "onnxruntime" and model.info.get("min_rows", 1) == 1:
+        model.info["min_rows"] = 2
+        same = _block_equals_steps(model, ids)
+        if not same:
+            model.info["min_rows"] = 1
     session = model.new_session()
     try:
         session.forward(ids[:16], last_only=True)
-        start = session.length
-        steps = [np.array(session.forward([t])[0]) for t in ids[16:20]]
-        session.rollback(start)
-        same = bool(np.array_equal(np.asarray(session.forward(ids[16:20])), np.stack(steps)))
-        model.info["step_s"], model.info["verify_cost"] = _step_costs(session, start, ids[16:16 + max(rows)], rows)
+        model.info["step_s"], model.info["verify_cost"] = _step_costs(session, 16, ids[16:16 + max(rows)], rows)
     finally:
         session.close()
     model.info["row_invariant"] = bool(model.info.get("row_invariant", True)) and same
@@ -242,6 +252,18 @@ def characterize(model, rows=(1, 2, 4, 8, 16)):
         _log.warning("%s: a verified block differs from one-token steps: greedy HSD output is NOT guaranteed "
                      "to equal plain decoding (answers say exact: false)", model.name)
     return model
+
+
+def _block_equals_steps(model, ids: list[int]) -> bool:
+    """Whether 4 tokens verified in one call give bitwise the logits of 4 one-token steps."""
+    session = model.new_session()
+    try:
+        session.forward(ids[:16], last_only=True)
+        steps = [np.array(session.forward([t])[0]) for t in ids[16:20]]
+        session.rollback(16)
+        return bool(np.array_equal(np.asarray(session.forward(ids[16:20])), np.stack(steps)))
+    finally:
+        session.close()
 
 
 def _step_costs(session, start: int, tokens: list[int], rows, reps: int = 3) -> tuple[float, dict[int, float]]:

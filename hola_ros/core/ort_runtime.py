@@ -44,8 +44,10 @@ class OrtKVSession:
     GROW = 256  # positions are added in steps of this many
 
     def __init__(self, sess, embed: Callable[[list[int]], np.ndarray], n_layers: int, kv_heads: int,
-                 head_dim: int, max_positions: int, extra_outputs: tuple[str, ...] = ()):
+                 head_dim: int, max_positions: int, extra_outputs: tuple[str, ...] = (), min_rows: int = 1):
         self.sess, self.embed = sess, embed
+        # calls of fewer rows are padded with copies of their last token (engines.characterize decides)
+        self.min_rows = min_rows
         self.n_layers, self.kv_heads, self.head_dim, self.max_positions = n_layers, kv_heads, head_dim, max_positions
         self.length = 0
         self.buffers: list[np.ndarray] = []  # past_key_0, past_value_0, past_key_1, ...
@@ -60,8 +62,9 @@ class OrtKVSession:
         independently of the call's size, so chunking changes no result."""
         if not tokens:
             raise ValueError("forward needs at least one token")
-        if self.length + len(tokens) >= self.max_positions:  # one position stays for the throw-away row
-            raise ValueError(f"{self.length + len(tokens)} positions exceed this engine's {self.max_positions - 1}")
+        if self.length + len(tokens) + self.min_rows > self.max_positions:  # positions stay for the throw-away rows
+            raise ValueError(f"{self.length + len(tokens)} positions exceed this engine's "
+                             f"{self.max_positions - self.min_rows}")
         first = len(tokens) - 1 if last_only else rows_from
         rows = []
         for start in range(0, len(tokens), self.MAX_ROWS):
@@ -73,18 +76,19 @@ class OrtKVSession:
 
     def _run(self, tokens: list[int], logits_from: int) -> np.ndarray:
         n = len(tokens)
-        self._reserve(self.length + n + 1)
+        fed = tokens + tokens[-1:] * (self.min_rows - n)  # the padding rows come after: no real row sees them
+        self._reserve(self.length + len(fed) + 1)
         b = self.binding
-        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(self.embed(tokens)[None], np.float32))
+        b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(self.embed(fed)[None], np.float32))
         b.bind_cpu_input("logits_from", np.asarray([logits_from], np.int64))
-        b.bind_cpu_input("seqlens_k", np.asarray([self.length + n], np.int32))
-        b.bind_cpu_input("total_sequence_length", np.asarray(self.length + n + 1, np.int32))
+        b.bind_cpu_input("seqlens_k", np.asarray([self.length + len(fed)], np.int32))
+        b.bind_cpu_input("total_sequence_length", np.asarray(self.length + len(fed) + 1, np.int32))
         b.bind_output("logits")
         self.sess.run_with_iobinding(b)
         self.length += n
         values = b.get_outputs()
         self.extra = {name: values[1 + i].numpy() for i, name in enumerate(self.extra_outputs)}
-        return values[0].numpy()[0]
+        return values[0].numpy()[0][:n - logits_from]
 
     def _reserve(self, positions: int) -> None:
         """Buffers for at least `positions` positions (what they hold is kept)."""
@@ -124,7 +128,7 @@ class OrtKVSession:
     def fork(self) -> "OrtKVSession":
         """An independent copy holding the same positions, its buffers sized for them."""
         twin = OrtKVSession(self.sess, self.embed, self.n_layers, self.kv_heads, self.head_dim, self.max_positions,
-                            self.extra_outputs)
+                            self.extra_outputs, self.min_rows)
         twin.length = self.length
         if self.buffers:
             capacity = min(-(-(self.length + 1 + self.GROW // 2) // self.GROW) * self.GROW, self.max_positions)
