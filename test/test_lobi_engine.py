@@ -8,7 +8,7 @@ import pytest
 
 from hola_ros.core import gguf_import
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module builds two engines of SmolLM2 once
 
 MODEL = "smollm2-135m-instruct"
 

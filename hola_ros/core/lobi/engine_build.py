@@ -29,6 +29,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,29 @@ def _quality(reference, model, rows: np.ndarray) -> dict:
     return {"kl_per_token": kl / count, "top1_agreement": agree / count, "tokens": count, "sequences": len(rows)}
 
 
+@dataclass
+class _Search:
+    """The search's inputs: per block and format, errors and bytes; each block's linears; the bytes no
+    choice changes."""
+
+    errors: dict[str, dict[str, float]]
+    costs: dict[str, dict[str, int]]
+    linears: dict[str, list[str]]
+    fixed: int
+
+    @property
+    def least(self) -> int:
+        return self.fixed + sum(min(c.values()) for c in self.costs.values())
+
+    def choose(self, budget_mb: float) -> dict[str, str]:
+        return search_bits(self.errors, self.costs, int(budget_mb * 1e6), fixed_bytes=self.fixed)
+
+    def blocks(self, chosen: dict[str, str]) -> dict:
+        return {block: {"format": chosen[block], "error": self.errors[block][chosen[block]], "errors": self.errors[block],
+                        "bytes": self.costs[block][chosen[block]], "bytes_by_format": self.costs[block],
+                        "linears": self.linears[block]} for block in self.errors}
+
+
 def build_engine_artifacts(targets, model: str | None = None, calib=None, calib_size: int = 64, seq_len: int = 128,
                            heldout_seqs: int = 8, threads=None, progress=None, command: str | None = None) -> list[dict]:
     """One calibration, then one engine per (out, budget_mb) in `targets`; returns the manifests."""
@@ -159,42 +183,35 @@ def build_engine_artifacts(targets, model: str | None = None, calib=None, calib_
     sep = min(reference.eos_token_ids) if reference.eos_token_ids else None
     rows = token_rows(texts, reference.tokenizer, seq_len, sep)
     heldout = token_rows(_heldout_texts(calib_path, heldout_seqs * 4), reference.tokenizer, seq_len, sep)[:heldout_seqs]
-    moments = _calibrate(gguf, reference_dir, rows, threads, progress)
-    errors, costs, linears = _choices(gguf, moments, progress)
+    errors, costs, linears = _choices(gguf, _calibrate(gguf, reference_dir, rows, threads, progress), progress)
     reference_bytes = engine_bytes(reference_dir)
-    fixed = reference_bytes - sum(c["exact"] for c in costs.values())
-    least = fixed + sum(min(c.values()) for c in costs.values())
+    search = _Search(errors, costs, linears, reference_bytes - sum(c["exact"] for c in costs.values()))
     for _, budget_mb in targets:  # every budget is checked before any engine is written
-        search_bits(errors, costs, int(budget_mb * 1e6), fixed_bytes=fixed)
-    base = {"spec": spec, "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size, "gguf_sha256": file_sha256(gguf),
-            "engine_bytes": reference_bytes, "name": reference.name}
+        search.choose(budget_mb)
+    common = {"format": FORMAT, "version": ENGINE_VERSION, "kind": "engine", "build_command": command or "",
+              "base": {"spec": spec, "gguf": str(gguf), "gguf_bytes": gguf.stat().st_size,
+                       "gguf_sha256": file_sha256(gguf), "engine_bytes": reference_bytes, "name": reference.name},
+              "calibration": {"file": str(calib_path), "sha256": file_sha256(calib_path), "samples": len(texts),
+                              "sequences": int(rows.shape[0]), "seq_len": seq_len, "tokens": int(rows.size)}}
     manifests = []
     for out, budget_mb in targets:
-        chosen = search_bits(errors, costs, int(budget_mb * 1e6), fixed_bytes=fixed)
+        chosen = search.choose(budget_mb)
         formats = {name: fmt for block, fmt in chosen.items() if fmt != "exact" for name in linears[block]}
         if out.exists():
             shutil.rmtree(out)
         gguf_import.convert(gguf, out, formats=formats, tokenizer_from=reference_dir)
         served = load_engine_dir(out, threads)
-        quality = _quality(reference, served, heldout)
+        manifest = {**common, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "build_s": round(time.perf_counter() - t_start, 1),
+                    "quant": {"formats": list(FORMATS), "budget_mb": budget_mb, "min_feasible_mb": search.least / 1e6,
+                              "requantized": sorted(formats)},
+                    "blocks": search.blocks(chosen),
+                    "bytes": {"weights": engine_bytes(out), "reference_engine": reference_bytes,
+                              "gguf": gguf.stat().st_size, "on_disk": dir_bytes(out)},
+                    "quality": {**_quality(reference, served, heldout), "reference": "the GGUF engine (exact codes)",
+                                "text": "GSM8K-train rows from the end"},
+                    "row_invariant": bool(served.info.get("row_invariant"))}
         progress("quality", 1, 1)
-        manifest = {
-            "format": FORMAT, "version": ENGINE_VERSION, "kind": "engine", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_command": command or "", "build_s": round(time.perf_counter() - t_start, 1), "base": base,
-            "calibration": {"file": str(calib_path), "sha256": file_sha256(calib_path), "samples": len(texts),
-                            "sequences": int(rows.shape[0]), "seq_len": seq_len, "tokens": int(rows.size)},
-            "quant": {"formats": list(FORMATS), "budget_mb": budget_mb,
-                      "min_feasible_mb": least / 1e6,
-                      "requantized": sorted(formats)},
-            "blocks": {block: {"format": chosen[block], "error": errors[block][chosen[block]], "errors": errors[block],
-                               "bytes": costs[block][chosen[block]], "bytes_by_format": costs[block],
-                               "linears": linears[block]} for block in errors},
-            "bytes": {"weights": engine_bytes(out), "reference_engine": reference_bytes, "gguf": gguf.stat().st_size,
-                      "on_disk": 0},
-            "quality": {**quality, "reference": "the GGUF engine (exact codes)", "text": "GSM8K-train rows from the end"},
-            "row_invariant": bool(served.info.get("row_invariant")),
-        }
-        manifest["bytes"]["on_disk"] = dir_bytes(out)
         write_manifest(out, manifest)
         manifests.append(manifest)
         del served
