@@ -124,6 +124,14 @@ def unknown_codes_answer(codes) -> str:
     return f"{NOT_IN_DOCUMENTS} No document mentions {named}."
 
 
+def documents_unavailable_answer(reason: str) -> str:
+    """The answer to a question the documents could not be consulted for (retriever down, failing or
+    late): said plainly, instead of an answer from the model's memory that would read as grounded."""
+    why = f" ({reason})" if reason else ""
+    return (f"The documents could not be consulted{why}, so this question was not answered from them. "
+            "Ask again in a moment.")
+
+
 def follow_up_messages(question: str, passages) -> list[dict]:
     """Prompt asking the target model for a follow-up search query (level 2)."""
     return [{"role": "user", "content":
