@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,8 @@ class Passage:
     score: float  # cosine similarity of the passage to the query that retrieved it
     tokens: int = 0  # tokens this passage takes in the context block (0: not counted)
     trimmed: bool = False
+    section: str = ""  # heading path of the section it comes from ("Setup > Networking")
+    page: int = 0  # page of a PDF source (1-based); 0: not paged
 
 
 @dataclass
@@ -94,10 +96,10 @@ def trim_passage(p: Passage, room: int, count_tokens: Callable[[str], int], quer
     keep, best = [], None
     for i in order:
         text = join_units(parts, keep + [i])
-        n = count_tokens(format_passage(Passage(text, p.source, p.score)))
+        n = count_tokens(format_passage(replace(p, text=text)))
         if n <= room:
             keep.append(i)
-            best = Passage(text, p.source, p.score, n, True)
+            best = replace(p, text=text, tokens=n, trimmed=True)
     return best if best is not None and len(keep) < len(parts.units) else None
 
 
@@ -119,7 +121,7 @@ def focus_rows(passages: list[Passage], query: str) -> tuple[list[Passage], list
         if not keep:
             dropped.append({"source": p.source, "reason": "no row with the query's identifiers"})
         elif left_out:
-            out.append(Passage(join_units(parts, keep), p.source, p.score, 0, True))
+            out.append(replace(p, text=join_units(parts, keep), tokens=0, trimmed=True))
             dropped.append({"source": p.source, "reason": "rows without the query's identifiers",
                             "units_dropped": left_out})
         else:
@@ -135,7 +137,7 @@ def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str
     for p in passages:
         n = count_tokens(format_passage(p))
         if used + n <= budget:
-            out.append(Passage(p.text, p.source, p.score, n, p.trimmed))
+            out.append(replace(p, tokens=n))
             used += n
             continue
         cut = trim_passage(p, budget - used, count_tokens, query) if budget - used >= min_tokens else None
@@ -280,7 +282,8 @@ class AdaCompRetriever:
             if weak or text in seen:
                 continue
             seen.add(text)
-            chosen.append(Passage(text, c.passage["source"], c.dense))
+            chosen.append(Passage(text, c.passage["source"], c.dense, section=c.passage.get("section", ""),
+                                  page=int(c.passage.get("page", 0))))
             if len(chosen) == self.top_k:
                 break
         return chosen

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from . import lexical
 from .chunking import split_units
+from .prompting import cite
 
 
 @dataclass
@@ -67,7 +68,7 @@ def keyed_rows(passages) -> list[Row]:
             key = lexical.concepts(cells[0])
             if len(key) == 1 and key[0] in lexical.identifiers(cells[0]) and key[0][0].isalpha():
                 seen.add((p.source, unit.text))
-                rows.append(Row(key[0], _cells(parts.headers[unit.table][0]), cells, p.source, p.text))
+                rows.append(Row(key[0], _cells(parts.headers[unit.table][0]), cells, cite(p), p.text))
     return rows
 
 
@@ -108,7 +109,7 @@ def faq_entries(passages) -> list[FaqEntry]:
     for p in passages:
         if not p.trimmed:
             for m in _FAQ_ENTRY.finditer(p.text):
-                found.setdefault((p.source, m["question"]), FaqEntry(m["question"].strip(), m["answer"].strip(), p.source))
+                found.setdefault((cite(p), m["question"]), FaqEntry(m["question"].strip(), m["answer"].strip(), cite(p)))
     return list(found.values())
 
 

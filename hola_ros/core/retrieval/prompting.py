@@ -42,8 +42,15 @@ ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
 _SOURCE_TAG = re.compile(r"\[[^\s\[\]]+\]")
 
 
+def cite(p) -> str:
+    """A passage's source as answers name it: the file, and the page of a PDF (`guide.pdf#page=3`,
+    the fragment PDF viewers open at)."""
+    page = getattr(p, "page", 0)
+    return f"{p.source}#page={page}" if page else p.source
+
+
 def format_passage(p) -> str:
-    return f"[{p.source}]\n{p.text}\n\n"
+    return f"[{cite(p)}]\n{p.text}\n\n"
 
 
 def context_block(passages) -> str:
@@ -160,4 +167,4 @@ def source_note(answer: str, passages) -> str:
     said = set(terms(answer))
     overlap = [len(said & set(terms(p.text))) for p in passages]
     best = max(range(len(passages)), key=lambda i: (overlap[i], -i))
-    return f" [{passages[best].source}]" if overlap[best] else ""
+    return f" [{cite(passages[best])}]" if overlap[best] else ""
