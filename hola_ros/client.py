@@ -20,10 +20,11 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.task import Future
 
-from hola_ros.interfaces import ASK, CANCEL, REQUEST_QOS, RESPONSE, RESPONSE_QOS, TELEMETRY, TELEMETRY_QOS, resolve
+from hola_ros.interfaces import (ASK, CANCEL, DOCUMENTS, REQUEST_QOS, RESPONSE, RESPONSE_QOS, TELEMETRY, TELEMETRY_QOS,
+                                 resolve)
 from hola_ros.msg import ResponseChunk, Telemetry
 from hola_ros.nodes.convert import msg_to_dict
-from hola_ros.srv import Ask, Cancel
+from hola_ros.srv import Ask, Cancel, Documents
 
 TICK_S = 0.1
 FINAL_CHUNK_GRACE_S = 5.0   # the final chunk is published before the service answer; allow for reordering
@@ -127,7 +128,9 @@ class HolaClient:
         group = MutuallyExclusiveCallbackGroup()
         self._ask = node.create_client(Ask, name(ASK), qos_profile=REQUEST_QOS, callback_group=group)
         self._cancel = node.create_client(Cancel, name(CANCEL), qos_profile=REQUEST_QOS, callback_group=group)
+        self._documents = node.create_client(Documents, name(DOCUMENTS), callback_group=group)
         self.ask_service = node.resolve_service_name(name(ASK))
+        self.documents_service = node.resolve_service_name(name(DOCUMENTS))
         # the stream is complete only if this subscription matched the verifier's publisher first
         self._subscriptions = [
             node.create_subscription(ResponseChunk, name(RESPONSE), self._on_chunk, RESPONSE_QOS, callback_group=group,
@@ -178,6 +181,20 @@ class HolaClient:
         request_id = request.request_id if isinstance(request, PendingAnswer) else str(request)
         return self._cancel.call_async(Cancel.Request(request_id=request_id))
 
+    def documents(self, op: str, paths=()) -> Future:
+        """Change what the graph answers from while it runs: `op` add (ingest files or folders into
+        the retriever's index), remove (drop indexed files at or under the paths) or list. The
+        future's result is the hola/documents response (success, error, added, replaced, removed,
+        sources, total_passages, ...); the paths are on the retriever's machine."""
+        if op not in ("add", "remove", "list"):
+            raise ValueError(f"unknown op {op!r}: use add, remove or list")
+        if not self._documents.service_is_ready():  # a request sent before discovery would be lost
+            future = Future(executor=self._node.executor)
+            future.set_result(Documents.Response(success=False, error=f"service {self.documents_service} is not "
+                                                 "available (is the retriever running and active?)"))
+            return future
+        return self._documents.call_async(Documents.Request(op=op, paths=[str(p) for p in paths]))
+
     def destroy(self) -> None:
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
@@ -191,6 +208,7 @@ class HolaClient:
             self._node.destroy_subscription(subscription)
         self._node.destroy_client(self._ask)
         self._node.destroy_client(self._cancel)
+        self._node.destroy_client(self._documents)
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_matched(self, info) -> None:

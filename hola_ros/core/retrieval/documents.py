@@ -9,7 +9,7 @@ packs them into passages.
   TurtleBot 4 manual) is resolved the way the site shows it: a `{% tab group label %}` starts a
   sub-section named after its tab (the manual's per-ROS-distribution instructions), every other
   `{% ... %}` tag and `{{ ... }}` output is dropped (its includes and variables are the site's, not
-  the document's). The Markdown is then rendered by `markdown-it-py` (CommonMark with GFM tables,
+  the document's); kramdown heading ids and MkDocs admonitions are read as the site shows them. The Markdown is then rendered by `markdown-it-py` (CommonMark with GFM tables,
   raw HTML passed through), so HTML inside Markdown (tables, figures, details) and Markdown itself
   come out as one HTML tree, read by `html_sections`. Fenced blocks stay code, line by line (a `#`
   comment in a shell block is no heading); a fence whose info string is an admonition (note,
@@ -35,8 +35,11 @@ ADMONITIONS = frozenset({"note", "warning", "tip", "danger", "caution", "importa
 BOILERPLATE = ("nav", "header", "footer", "aside", "script", "style", "noscript", "form", "template", "svg",
                "button", "[role=navigation]", "[role=banner]", "[role=contentinfo]", "[role=search]")
 _LIQUID_TAB = re.compile(r"^\s*\{%-?\s*tab\s+\S+\s+(?P<label>[^%]+?)\s*-?%\}\s*$")
+_LIQUID_END_TABS = re.compile(r"^\s*\{%-?\s*endtabs\s*-?%\}\s*$")
 _LIQUID_TAG = re.compile(r"\{%-?.*?-?%\}|\{\{.*?\}\}", re.DOTALL)
 _ATX = re.compile(r"^(#{1,6})\s")
+_ATTRIBUTES = re.compile(r"\s*\{:?\s*[#.][\w\-. #]*\}\s*$")
+_ADMONITION = re.compile(r"^!!!\s*(\w+)(?:\s+\"([^\"]*)\")?\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _BLOCK_TAGS = frozenset(_HEADINGS + (
@@ -44,6 +47,8 @@ _BLOCK_TAGS = frozenset(_HEADINGS + (
     "tr", "td", "th", "pre", "blockquote", "figure", "figcaption", "dl", "dt", "dd", "details", "summary", "caption",
     "hr", "img", "center", "address", "fieldset", "header", "footer", "nav", "aside"))
 _BULLET = re.compile(r"^\s*[•▪◦●–]\s*")
+_CAPTION = re.compile(r"^[^a-z]*[A-Z]{3}[^a-z]*$")  # no lower-case letter, some capitals
+_ENDED = re.compile(r"[.!?:;]$")
 
 
 @dataclass
@@ -61,7 +66,7 @@ def markdown_sections(text: str) -> list[Section]:
         meta, body = frontmatter.parse(text)
     except Exception:  # a malformed front matter block: keep the text as it is
         meta, body = {}, text
-    html = _markdown_renderer().render(resolve_liquid(body))
+    html = _markdown_renderer().render(resolve_templating(body))
     sections = html_sections(html, whole_page=True)
     title = str(meta.get("title") or "").strip()
     if title and sections and not sections[0].heading:
@@ -81,23 +86,35 @@ def _markdown_renderer():
     return _renderer
 
 
-def resolve_liquid(text: str) -> str:
-    """Jekyll's Liquid as a reader sees the page: a tab's label heads its content one level below
-    the heading it sits under; other tags and outputs are dropped. Fenced code is left alone."""
-    out, level, fenced = [], 1, False
+def resolve_templating(text: str) -> str:
+    """The page as a reader of the built site sees it: a Liquid tab's label heads its content one
+    level below the heading it sits under; other Liquid tags and outputs are dropped; kramdown
+    attribute lists (`## Setup {#setup}`) go; a MkDocs admonition (`!!! warning "Notice"` and its
+    indented body) becomes a paragraph "Warning: ...". Fenced code is left alone."""
+    out, last_heading, fenced, admonition = [], "#", False, False
     for line in text.splitlines():
         if _FENCE.match(line):
             fenced = not fenced
         if fenced:
             out.append(line)
             continue
-        heading, tab = _ATX.match(line), _LIQUID_TAB.match(line)
+        heading, tab, note = _ATX.match(line), _LIQUID_TAB.match(line), _ADMONITION.match(line)
         if heading:
-            level = len(heading.group(1))
+            last_heading = _ATTRIBUTES.sub("", line)
         if tab:
+            level = len(_ATX.match(last_heading + " ").group(1)) if last_heading.startswith("#") else 1
             out += ["", f"{'#' * min(level + 1, 6)} {tab.group('label').strip()}", ""]
-            continue
-        out.append(_LIQUID_TAG.sub("", line))
+        elif _LIQUID_END_TABS.match(line) and last_heading.strip("# "):
+            out += ["", last_heading, ""]  # after the tabs, the page goes on under the heading they sat under
+        elif note:
+            title = f" ({note.group(2)})" if note.group(2) else ""
+            out += ["", f"{note.group(1).capitalize()}{title}:"]
+            admonition = True
+        elif admonition and (line.startswith("    ") or not line.strip()):
+            out.append(line.strip())
+        else:
+            admonition = False
+            out.append(_ATTRIBUTES.sub("", _LIQUID_TAG.sub("", line)))
     return "\n".join(out)
 
 
@@ -179,7 +196,7 @@ def _squash(text: str) -> str:
 
 def inline_text(node) -> str:
     """A node's text on one line: **bold** and `code` kept, line breaks as "; ", no images."""
-    return _squash(re.sub(r"(;\s*)+", "; ", "".join(_inline(c) for c in node.iter(include_text=True))).strip(" ;"))
+    return _squash(re.sub(r"\s*(;\s*)+", "; ", "".join(_inline(c) for c in node.iter(include_text=True))).strip(" ;"))
 
 
 def _inline(node) -> str:
@@ -272,7 +289,8 @@ def _outline_headings(reader) -> dict[int, str]:
 
 def text_blocks(lines: list[str]) -> list[Block]:
     """Plain text lines (a PDF page) as blocks: blank lines end a paragraph, a bullet line starts
-    a list item, and a line that does not start one continues the paragraph or item before it."""
+    a list item, a line in capitals (a heading) stands alone, and any other line continues the
+    paragraph before it, or the item before it unless that one ended (. ! ? : ;)."""
     blocks: list[Block] = []
     for line in lines:
         text = _squash(line)
@@ -285,8 +303,10 @@ def text_blocks(lines: list[str]) -> list[Block]:
             if last is None or last.kind != "list":
                 blocks.append(Block("list"))
             blocks[-1].units.append("- " + _BULLET.sub("", line).strip())
-        elif last is not None and last.kind in ("list", "prose"):
-            last.units[-1] += " " + text
+        elif _CAPTION.match(text):  # a line in capitals (a PDF's heading): a paragraph of its own
+            blocks += [Block("prose", [text]), Block("break")]
+        elif last is not None and (last.kind == "prose" or (last.kind == "list" and not _ENDED.search(last.units[-1]))):
+            last.units[-1] += " " + text  # a wrapped line: the paragraph or unfinished item goes on
         else:
             blocks.append(Block("prose", [text]))
     return [Block("prose", split_sentences(b.units[0])) if b.kind == "prose" else b
