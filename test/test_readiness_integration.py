@@ -5,6 +5,7 @@ unavailable one; the graph reports ready only once the retriever answers. Then t
 killed mid-run: the next document question says the documents are unavailable, and after its
 respawn the answers are grounded again."""
 import os
+import shutil
 import signal
 import threading
 import time
@@ -12,6 +13,7 @@ import time
 import pytest
 from conftest import graph_params
 
+from hola_ros.core.retrieval.ingest import default_index_dir
 from hola_ros.local_graph import LocalGraph, wait_future
 
 pytestmark = pytest.mark.slow
@@ -90,7 +92,11 @@ def test_asked_from_the_first_second_every_reply_is_grounded_or_explicitly_not_r
         assert wait_future(hola.wait_ready(2.0), 10) is False
         assert "graph ready" not in front.log_text()
 
-        back = LocalGraph(tmp_path / "back", PARAMS, only="hola_retriever")
+        index = tmp_path / "index"  # a copy of the demo index: documents are added to it and removed
+        shutil.copytree(default_index_dir(), index)
+        back = LocalGraph(tmp_path / "back", graph_params(common={"telemetry_rate_hz": 4.0},
+                                                          retriever={"gate_model": "", "index_dir": str(index)}),
+                          only="hola_retriever")
         asker.wait_for("grounded", 3, timeout=300)
         assert wait_future(hola.wait_ready(30.0), 40) is True
         deadline = time.monotonic() + 30
@@ -102,6 +108,8 @@ def test_asked_from_the_first_second_every_reply_is_grounded_or_explicitly_not_r
         assert "bad" not in kinds, [(q, r.success, r.error, r.text, r.stats.flags)
                                     for (q, r), k in zip(asker.replies, kinds) if k == "bad"]
         assert set(kinds) <= {"not_active", "not_ready", "grounded"}
+
+        documents_added_and_removed_at_run_time(hola, asker.client, tmp_path)
 
         # killed mid-run: the next document question says so; after the respawn, grounded again
         retriever_pid = back.node_pids()["hola_retriever"]
@@ -122,3 +130,35 @@ def test_asked_from_the_first_second_every_reply_is_grounded_or_explicitly_not_r
         for graph in (back, front):
             if graph is not None:
                 graph.stop()
+
+
+def documents_added_and_removed_at_run_time(hola, ask_client, tmp_path):
+    """hola/documents: a new manual page is answered from at once, and no longer once removed."""
+    from hola_ros.srv import Ask
+
+    page = tmp_path / "new-manual" / "cold-store.md"
+    page.parent.mkdir()
+    page.write_text("# Cold store\n\nThe speed limit in the Zone Q cold store aisles is 0.4 m/s.\n")
+
+    def call(op, paths=()):
+        deadline = time.monotonic() + 60
+        while not (response := wait_future(hola.documents(op, paths), 300)).success and "not available" in response.error:
+            assert time.monotonic() < deadline, response.error
+            time.sleep(0.5)
+        return response
+
+    def sources(question):
+        reply = wait_future(ask_client.call_async(Ask.Request(prompt=question, retrieval_mode="single")), 120)
+        return [p.source for p in reply.stats.sources]
+
+    question = "What is the speed limit in the Zone Q cold store aisles?"
+    assert "cold-store.md" not in sources(question)
+    added = call("add", [page.parent])
+    assert added.success and added.added == [str(page.resolve())] and added.total_passages > 40, added.error
+    assert sources(question)[0] == "cold-store.md"
+    listed = call("list")
+    assert str(page.resolve()) in listed.sources and listed.total_passages == added.total_passages
+    assert not call("add", [tmp_path / "missing.md"]).success  # a clear error, nothing changed
+    removed = call("remove", [page])
+    assert removed.success and removed.removed == [str(page.resolve())], removed.error
+    assert "cold-store.md" not in sources(question)

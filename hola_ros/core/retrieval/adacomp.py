@@ -81,8 +81,11 @@ def lm_follow_up(model, tokenizer, max_new_tokens: int = 32) -> Callable[[str, l
 
 
 def _unit_relevance(text: str, query_terms: set[str]) -> float:
-    """How much of the query a unit (row, item, sentence) holds: shared terms, identifiers x3."""
-    found = set(lexical.terms(text)) & query_terms
+    """How much of the query a unit (row, item, sentence) holds: shared terms (a word that extends a
+    query word by a suffix counts: "Weight" for "weigh"), identifiers x3."""
+    words = [q for q in query_terms if len(q) >= lexical.SAME_WORD_PREFIX and q.isalpha()]
+    found = {t for t in lexical.terms(text) if t in query_terms or any(
+        t.startswith(q) and len(t) - len(q) <= lexical.EXTENSION_LETTERS for q in words)}
     return sum(3.0 if any(c.isdigit() for c in t) and any(c.isalpha() for c in t) else 1.0 for t in found)
 
 

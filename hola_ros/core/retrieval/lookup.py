@@ -93,7 +93,6 @@ def row_answer(question: str, passages) -> LookedUp | None:
 
 
 _FAQ_ENTRY = re.compile(r"^\*\*(?P<question>[^*\n]+\?)\*\*[ \t]*(?P<answer>\S.*)$", re.MULTILINE)
-SAME_WORD_PREFIX = 5  # letters two terms must share to count as one word (charg-ing, charg-ers)
 
 
 @dataclass
@@ -118,9 +117,9 @@ def _question_words(text: str) -> set[str]:
 
 
 def _covered(term: str, known: set[str]) -> bool:
-    # a shorter known term cannot share SAME_WORD_PREFIX letters with it
-    return term in known or (len(term) >= SAME_WORD_PREFIX and any(
-        k[:SAME_WORD_PREFIX] == term[:SAME_WORD_PREFIX] for k in known))
+    # a shorter known term cannot share lexical.SAME_WORD_PREFIX letters with it
+    return term in known or (len(term) >= lexical.SAME_WORD_PREFIX and any(
+        k[:lexical.SAME_WORD_PREFIX] == term[:lexical.SAME_WORD_PREFIX] for k in known))
 
 
 def _asks(entry: FaqEntry, question: str) -> bool:
