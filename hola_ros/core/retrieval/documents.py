@@ -18,7 +18,7 @@ packs them into passages.
   body), without navigation, header, footer, aside, script, style and form elements; headings
   give the section path; `<p>`, lists, tables (header row from `<th>` or the first row), `<pre>`,
   `<figcaption>`, `<dt>/<dd>`, `<blockquote>` become blocks; inline `<strong>` stays `**bold**`
-  (the FAQ look-up reads "**Question?** Answer" lines), `<code>` stays `` `code` ``, `<br>` in a
+  (the FAQ look-up reads "**Question?** Answer" lines), `<em>` `*emphasis*`, `<code>` `` `code` ``, `<br>` in a
   table cell becomes "; ", images are left out (a figure's caption is read).
 - **PDF** (`pdf_sections`, `pypdf`): one section per page (its number is the passage's page),
   headed by the document's outline (bookmarks) where it has one; a page's lines are joined into
@@ -195,7 +195,8 @@ def _squash(text: str) -> str:
 
 
 def inline_text(node) -> str:
-    """A node's text on one line: **bold** and `code` kept, line breaks as "; ", no images."""
+    """A node's text on one line: **bold**, *emphasis* and `code` kept (as Markdown writes them),
+    line breaks as "; ", no images."""
     return _squash(re.sub(r"\s*(;\s*)+", "; ", "".join(_inline(c) for c in node.iter(include_text=True))).strip(" ;"))
 
 
@@ -206,6 +207,9 @@ def _inline(node) -> str:
     if tag in ("strong", "b"):
         inner = inline_text(node)
         return f"**{inner}**" if inner else ""
+    if tag in ("em", "i"):
+        inner = inline_text(node)
+        return f"*{inner}*" if inner else ""
     if tag == "code":
         inner = _squash(node.text(deep=True))
         return f"`{inner}`" if inner else ""

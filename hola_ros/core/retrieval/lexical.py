@@ -149,17 +149,17 @@ class LexicalIndex:
         return [t for t in dict.fromkeys(query_terms) if t in vocab]
 
     def expand(self, query_terms: list[str]) -> list[str]:
-        """The query's terms and the index's words that extend one of them by a suffix (stems of one
-        word that the stemmer keeps apart: "weigh" finds "Weight"); terms shorter than
-        SAME_WORD_PREFIX letters, identifiers and numbers are matched exactly."""
+        """The query's terms and, for a word the index does not hold, the index's words that extend
+        it by a suffix (stems of one word that the stemmer keeps apart: "weigh" finds "Weight");
+        terms shorter than SAME_WORD_PREFIX letters, identifiers and numbers are matched exactly."""
         if self._by_prefix is None:
             self._by_prefix = {}
             for term in self.bm25.vocab_dict or {}:
                 if len(term) >= SAME_WORD_PREFIX and term.isalpha():
                     self._by_prefix.setdefault(term[:SAME_WORD_PREFIX], []).append(term)
-        out = list(query_terms)
+        out, vocab = list(query_terms), self.bm25.vocab_dict or {}
         for t in query_terms:
-            if len(t) >= SAME_WORD_PREFIX and t.isalpha():
+            if len(t) >= SAME_WORD_PREFIX and t.isalpha() and t not in vocab:
                 out += [v for v in self._by_prefix.get(t[:SAME_WORD_PREFIX], [])
                         if v.startswith(t) and len(v) - len(t) <= EXTENSION_LETTERS]
         return list(dict.fromkeys(out))
