@@ -20,10 +20,11 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.task import Future
 
-from hola_ros.interfaces import ASK, CANCEL, REQUEST_QOS, RESPONSE, RESPONSE_QOS, TELEMETRY, TELEMETRY_QOS, resolve
+from hola_ros.interfaces import (ASK, CANCEL, DOCUMENTS, REQUEST_QOS, RESPONSE, RESPONSE_QOS, TELEMETRY, TELEMETRY_QOS,
+                                 resolve)
 from hola_ros.msg import ResponseChunk, Telemetry
 from hola_ros.nodes.convert import msg_to_dict
-from hola_ros.srv import Ask, Cancel
+from hola_ros.srv import Ask, Cancel, Documents
 
 TICK_S = 0.1
 FINAL_CHUNK_GRACE_S = 5.0   # the final chunk is published before the service answer; allow for reordering
@@ -50,12 +51,14 @@ class VerifierLiveness:
         self.silence_s = silence_s
         self.last_seen: dict[str, float] = {}
         self.state: dict[str, str] = {}
+        self.why_not_ready: dict[str, str] = {}
         self.watched: set[str] = set()
 
     def on_telemetry(self, msg) -> None:
         if msg.role == "verifier":
             self.last_seen[msg.instance_id] = time.monotonic()
             self.state[msg.instance_id] = msg.state
+            self.why_not_ready[msg.instance_id] = "" if msg.ready else (msg.not_ready_reason or "not ready")
 
     def _alive(self) -> set[str]:
         now = time.monotonic()
@@ -64,9 +67,14 @@ class VerifierLiveness:
     def active(self) -> bool:
         return any(self.state[i] == "active" for i in self._alive())
 
+    def ready(self) -> bool:
+        """A live verifier reports ready: active, and its retriever answers (or it uses none)."""
+        return any(self.state[i] == "active" and not self.why_not_ready[i] for i in self._alive())
+
     def describe(self) -> str:
-        states = sorted({self.state[i] for i in self._alive()})
-        return f"verifier state: {', '.join(states)}" if states else "no verifier telemetry"
+        states = sorted({self.state[i] + (f", not ready: {self.why_not_ready[i]}" if self.why_not_ready[i] else "")
+                         for i in self._alive()})
+        return f"verifier state: {'; '.join(states)}" if states else "no verifier telemetry"
 
     def watch_live(self) -> None:
         self.watched = self._alive()
@@ -114,12 +122,15 @@ class HolaClient:
         name = (lambda n: n) if namespace is None else (lambda n: resolve(n, namespace))
         self._lock = threading.Lock()
         self._pending: dict[str, _Request] = {}
+        self._ready_waits: list[tuple[Future, float]] = []
         self._matched = False
         self.liveness = VerifierLiveness(liveness_s)
         group = MutuallyExclusiveCallbackGroup()
         self._ask = node.create_client(Ask, name(ASK), qos_profile=REQUEST_QOS, callback_group=group)
         self._cancel = node.create_client(Cancel, name(CANCEL), qos_profile=REQUEST_QOS, callback_group=group)
+        self._documents = node.create_client(Documents, name(DOCUMENTS), callback_group=group)
         self.ask_service = node.resolve_service_name(name(ASK))
+        self.documents_service = node.resolve_service_name(name(DOCUMENTS))
         # the stream is complete only if this subscription matched the verifier's publisher first
         self._subscriptions = [
             node.create_subscription(ResponseChunk, name(RESPONSE), self._on_chunk, RESPONSE_QOS, callback_group=group,
@@ -130,8 +141,20 @@ class HolaClient:
         self._timer.cancel()  # runs only while requests are pending
 
     def ready(self) -> bool:
-        """An active verifier serves hola/ask and our stream subscription is connected to it."""
-        return self._ask.service_is_ready() and self._matched and self.liveness.active()
+        """The graph is ready (its verifier is active and reports ready: the retriever answers, so
+        document questions are grounded), serves hola/ask, and our stream subscription is connected."""
+        return self._ask.service_is_ready() and self._matched and self.liveness.ready()
+
+    def wait_ready(self, timeout_s: float = 300.0) -> Future:
+        """A future that completes with True once `ready()`, or False after `timeout_s` (your
+        executor spins the node meanwhile: `rclpy.spin_until_future_complete(node, future)`)."""
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        future = Future(executor=self._node.executor)
+        with self._lock:
+            self._ready_waits.append((future, time.monotonic() + timeout_s))
+            self._timer.reset()
+        return future
 
     def ask(self, prompt: str, *, timeout_s: float = 300.0, on_delta=None, request_id: str = "",
             **fields) -> PendingAnswer:
@@ -158,16 +181,34 @@ class HolaClient:
         request_id = request.request_id if isinstance(request, PendingAnswer) else str(request)
         return self._cancel.call_async(Cancel.Request(request_id=request_id))
 
+    def documents(self, op: str, paths=()) -> Future:
+        """Change what the graph answers from while it runs: `op` add (ingest files or folders into
+        the retriever's index), remove (drop indexed files at or under the paths) or list. The
+        future's result is the hola/documents response (success, error, added, replaced, removed,
+        sources, total_passages, ...); the paths are on the retriever's machine."""
+        if op not in ("add", "remove", "list"):
+            raise ValueError(f"unknown op {op!r}: use add, remove or list")
+        if not self._documents.service_is_ready():  # a request sent before discovery would be lost
+            future = Future(executor=self._node.executor)
+            future.set_result(Documents.Response(success=False, error=f"service {self.documents_service} is not "
+                                                 "available (is the retriever running and active?)"))
+            return future
+        return self._documents.call_async(Documents.Request(op=op, paths=[str(p) for p in paths]))
+
     def destroy(self) -> None:
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
         for request in pending:
             self._finish(request, Answer(False, "the client was destroyed", request.msg.request_id))
+        for future, _deadline in self._ready_waits:
+            if not future.done():
+                future.set_result(False)
         self._node.destroy_timer(self._timer)
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
         self._node.destroy_client(self._ask)
         self._node.destroy_client(self._cancel)
+        self._node.destroy_client(self._documents)
 
     # -- callbacks ----------------------------------------------------------------------------
     def _on_matched(self, info) -> None:
@@ -192,10 +233,16 @@ class HolaClient:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        ready = self.ready()
         with self._lock:
             requests = list(self._pending.values())
-            if not requests:
+            waits, self._ready_waits = self._ready_waits, [(f, t) for f, t in self._ready_waits
+                                                           if not ready and now < t and not f.done()]
+            if not requests and not self._ready_waits:
                 self._timer.cancel()
+        for future, deadline in waits:
+            if not future.done() and (ready or now >= deadline):
+                future.set_result(ready)
         for request in requests:
             answer = self._advance(request, now)
             if answer is not None:
@@ -232,7 +279,7 @@ class HolaClient:
         if not self._ask.service_is_ready():
             return (f"service {self.ask_service} not available within {timeout_s:g} s "
                     "(is the graph running? start it with `hola-ros up`)")
-        return f"no active verifier within {timeout_s:g} s ({self.liveness.describe()})"
+        return f"the graph was not ready within {timeout_s:g} s ({self.liveness.describe()})"
 
     def _abandon(self, request: _Request) -> None:
         self._ask.remove_pending_request(request.call)

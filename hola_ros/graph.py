@@ -88,3 +88,14 @@ def launch_options(graph: Graph, namespace: str | None = "", params_files=(), lo
         raise ValueError(f"no node {', '.join(map(repr, unknown))} in {graph.path} (nodes: {', '.join(known)})")
     nodes = tuple(n for n in graph.nodes if not names or n.name in names)
     return LaunchOptions(normalize_namespace(namespace), files, log_level, nodes)
+
+
+def readiness_command(graph: Graph, options: LaunchOptions, timeout_s: float) -> list[str]:
+    """`hola-ros status --wait` for the nodes `options` start: it prints their states and exits 0 once
+    every one reports ready (index loaded, the verifier's retriever answering), 1 after `timeout_s`.
+    `hola-ros up` and the launch file run it beside the nodes, so both say when the graph is ready."""
+    import sys
+
+    return [sys.executable, "-m", "hola_ros.cli", "status", "--wait", "--timeout", f"{timeout_s:g}",
+            "--config", str(graph.path), "--namespace", options.namespace,
+            "--only", ",".join(n.name for n in options.nodes)]

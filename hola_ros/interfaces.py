@@ -16,6 +16,7 @@ RESPONSE = "hola/response"
 TELEMETRY = "hola/telemetry"
 DRAFT = "hola/draft"
 RETRIEVE = "hola/retrieve"
+DOCUMENTS = "hola/documents"
 DIAGNOSTICS = "/diagnostics"
 
 # Answers are reliable and deep: a streamed answer must arrive whole.

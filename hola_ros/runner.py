@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hola_ros.graph import Graph, LaunchOptions, NodeSpec
+from hola_ros.graph import Graph, LaunchOptions, NodeSpec, readiness_command
 
 QUICK_DEATH_S = 5.0      # a node that dies sooner than this after its start failed to start
 MAX_QUICK_DEATHS = 5     # ...this many times in a row: stop respawning it
@@ -62,11 +62,14 @@ class _Managed:
         _log(f"started {self.spec.name} (pid {self.process.pid})")
 
 
-def run_graph(graph: Graph, options: LaunchOptions | None = None) -> int:
+def run_graph(graph: Graph, options: LaunchOptions | None = None, ready_timeout_s: float = 0.0) -> int:
+    """ready_timeout_s > 0: also run `hola-ros status --wait` beside the nodes and log when every
+    node reports ready (or that it was not within that time)."""
     env = node_env()
     options = options or LaunchOptions(nodes=graph.nodes)
     managed = [_Managed(spec, node_command(spec, graph, options)) for spec in options.nodes]
     stopping = {"signal": None}
+    readiness = None
 
     def request_stop(signum, _frame):
         stopping["signal"] = signum
@@ -75,8 +78,16 @@ def run_graph(graph: Graph, options: LaunchOptions | None = None) -> int:
     try:
         for node in managed:
             node.start(env)
+        started = time.monotonic()
+        if ready_timeout_s > 0:
+            readiness = subprocess.Popen(readiness_command(graph, options, ready_timeout_s), env=env,
+                                         stdout=sys.stderr, preexec_fn=_die_with_parent)
         while stopping["signal"] is None:
             now = time.monotonic()
+            if readiness is not None and readiness.poll() is not None:
+                _log(f"graph ready ({now - started:.1f} s after start)" if readiness.returncode == 0 else
+                     f"graph not ready {ready_timeout_s:g} s after start (see the states above)")
+                readiness = None
             for node in managed:
                 if node.gave_up:
                     continue
@@ -103,6 +114,9 @@ def run_graph(graph: Graph, options: LaunchOptions | None = None) -> int:
             time.sleep(0.2)
         _log(f"stopping ({signal.Signals(stopping['signal']).name})")
     finally:
+        if readiness is not None and readiness.poll() is None:
+            readiness.kill()
+            readiness.wait()
         _stop_all(managed)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -22,6 +22,7 @@ def stand_ins(monkeypatch, arguments: dict):
     launch.LaunchDescription = lambda entities: list(entities)
     actions = types.ModuleType("launch.actions")
     actions.OpaqueFunction = Recorded
+    actions.ExecuteProcess = Recorded
     substitutions = types.ModuleType("launch.substitutions")
     # a launch argument not given on the command line has its declared default
     declared = {}
@@ -47,7 +48,14 @@ def launched_nodes(monkeypatch, **arguments):
     stand_ins(monkeypatch, arguments)
     description = load_launch_file().generate_launch_description()
     opaque = [e for e in description if isinstance(e, Recorded) and "function" in e.kwargs][0]
-    return [n.kwargs for n in opaque.kwargs["function"](context=None)]
+    return [n.kwargs for n in opaque.kwargs["function"](context=None) if "executable" in n.kwargs]
+
+
+def launched_watchers(monkeypatch, **arguments):
+    stand_ins(monkeypatch, arguments)
+    description = load_launch_file().generate_launch_description()
+    opaque = [e for e in description if isinstance(e, Recorded) and "function" in e.kwargs][0]
+    return [n.kwargs for n in opaque.kwargs["function"](context=None) if "cmd" in n.kwargs]
 
 
 def test_launch_starts_the_graph_config_nodes_as_lifecycle_nodes(monkeypatch):
@@ -84,3 +92,13 @@ def test_launch_refuses_bad_arguments_with_the_reason(monkeypatch):
         launched_nodes(monkeypatch, log_level="loud")
     with pytest.raises(FileNotFoundError, match="parameters file not found"):
         launched_nodes(monkeypatch, params_file="/nonexistent/params.yaml")
+
+
+def test_launch_watches_for_the_graph_to_report_ready(monkeypatch):
+    graph = load_graph()
+    [watcher] = launched_watchers(monkeypatch, namespace="robot1", nodes="hola_verifier,hola_retriever")
+    cmd = watcher["cmd"]
+    assert cmd[1:6] == ["-m", "hola_ros.cli", "status", "--wait", "--timeout"] and cmd[6] == "600"
+    assert cmd[cmd.index("--config") + 1] == str(graph.path) and cmd[cmd.index("--namespace") + 1] == "/robot1"
+    assert cmd[cmd.index("--only") + 1] == "hola_retriever,hola_verifier"  # in the graph's order
+    assert launched_watchers(monkeypatch, ready_timeout="0") == []

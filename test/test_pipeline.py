@@ -266,3 +266,38 @@ def test_a_prompt_cache_spares_the_shared_system_turn_and_changes_no_answer():
     reused = [o.stats["reused_prompt_tokens"] for o in cached]
     assert reused[0] == 0 and reused[1] > 0 and reused[2] > 0  # the system turn and the documents
     assert all(o.stats["reused_prompt_tokens"] == 0 for o in plain)
+
+
+# ---- no answer from the model's memory when the documents cannot be consulted --------------------
+def _failing_retrieve(query, mode, budget):
+    raise RuntimeError("retriever did not answer within 15.0 s")
+
+
+@pytest.mark.parametrize("mode", ["auto", "single", "multi"])
+def test_a_failed_retrieval_is_answered_documents_unavailable_without_a_generation(monkeypatch, mode):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the model must not be asked")
+    monkeypatch.setattr(pipeline, "generate", no_generation)
+    request = GenerationRequest(prompt="What is the speed limit in the Zone C aisles?", request_id="q",
+                                max_new_tokens=32, decoding_mode="ar", retrieval_mode=mode)
+    streamed = []
+    outcome = pipeline.answer(request, _Target(), retrieve=_failing_retrieve,
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed)
+    assert outcome.text.startswith("The documents could not be consulted (retriever did not answer within 15.0 s)")
+    stats = outcome.stats
+    assert stats["stop_reason"] == "documents_unavailable" and stats["new_tokens"] == 0 and stats["degraded"]
+    assert {"retriever_unavailable", "documents_unavailable"} <= set(stats["flags"])
+    assert stats["retrieval_level"] == -1 and stats["sources"] == []
+
+
+def test_ungrounded_fallback_lets_the_model_answer_flagged(monkeypatch):
+    target = _Target()
+    monkeypatch.setattr(pipeline, "generate", _model_that_refuses_when_allowed(target))
+    request = GenerationRequest(prompt="Where is charging dock CD-5?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=_failing_retrieve, ungrounded_fallback=True)
+    assert outcome.success and outcome.text == "CD-5 is in the maintenance bay."  # no documents: no source note
+    assert outcome.stats["degraded"] and "retriever_unavailable" in outcome.stats["flags"]
+    assert "documents_unavailable" not in outcome.stats["flags"]
+    assert target.prompts == [[{"role": "user", "content": "Where is charging dock CD-5?"}]]

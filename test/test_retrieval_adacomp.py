@@ -353,3 +353,38 @@ def test_an_answer_adds_nothing_when_it_holds_only_the_questions_words_or_a_sour
     assert not adds_nothing("In the maintenance bay [02-charging-docks.md]", q)
     assert not adds_nothing("Yes.", "Is CD-5 in the maintenance bay?")  # no term, yet an answer
     assert new_terms("CD-5 [02-charging-docks.md]", q) == set()
+
+
+# ---- what a real manual needed (the manuals dev set's tune half) --------------------------------
+SPEC_TABLE = ("# Features > Hardware Specifications\n| Feature | TurtleBot 4 Lite | TurtleBot 4 |\n|---|---|---|\n"
+              "| Weight | 3270 g | 3945 g |\n| Camera | OAK-D-Lite | OAK-D-Pro |")
+
+
+def test_a_table_with_a_column_per_model_keeps_the_column_the_question_names():
+    from hola_ros.core.retrieval.adacomp import focus_columns
+
+    table = Passage(SPEC_TABLE, "features.md", 0.5, section="Features > Hardware Specifications")
+    [standard], dropped = focus_columns([table], "How much does the TurtleBot 4 weigh?")
+    assert standard.text.split("\n")[1:4] == ["| Feature | TurtleBot 4 |", "|---|---|", "| Weight | 3945 g |"]
+    assert standard.section == table.section and dropped[0]["kept"] == ["Feature", "TurtleBot 4"]
+    [lite], _ = focus_columns([table], "Which camera does the TurtleBot 4 Lite have?")  # the most specific name
+    assert "| Camera | OAK-D-Lite |" in lite.text and "OAK-D-Pro" not in lite.text
+    for question in ("What do the robots weigh?", "Compare the TurtleBot 4 and the TurtleBot 4 Lite"):
+        assert focus_columns([table], question) == ([table], [])  # no column, or every column, named
+
+
+def test_a_query_word_finds_the_words_that_extend_it_by_a_suffix_only():
+    from hola_ros.core.retrieval.lexical import LexicalIndex, terms
+
+    index = LexicalIndex.build(["Weight 3945 g", "standard charger", "stand the robot upright"])
+    assert set(index.expand(terms("How much does it weigh?"))) == {"weigh", "weight"}
+    assert "standard" not in index.expand(terms("Where does it stand?"))
+    assert [i for i, _ in index.search("weigh", 3)] == [0]
+
+
+def test_the_context_budget_grows_with_the_passages_of_the_index():
+    from hola_ros.core.retrieval.adacomp import adapted_budget
+
+    assert adapted_budget(384, 3, 123) == 384  # the demo KB's passages: three fit the floor
+    assert adapted_budget(384, 3, 213) == 639  # a manual's: room for three of its typical size
+    assert adapted_budget(384, 3, 900) == 768  # at most twice the floor

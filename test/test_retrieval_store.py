@@ -140,7 +140,7 @@ def test_reload_and_query_finds_its_source(tmp_path, corpus, embedder):
     store = IndexStore.load(idx)
     manifest = json.loads((idx / "manifest.json").read_text())
     assert manifest["embedding_model"] == {**manifest["embedding_model"], "name": "all-MiniLM-L6-v2", "dim": 384}
-    assert manifest["chunking"] == {"size": 40, "overlap": 8, "unit": "words", "chunker": "structured-1"}
+    assert manifest["chunking"] == {"size": 40, "overlap": 8, "unit": "words", "chunker": "structured-2"}
     assert manifest["format"] == 2 and manifest["lexical"]["library"] == "bm25s"
     assert all(len(s["sha256"]) == 64 for s in manifest["sources"].values())
     assert top_source(store, embedder, "How many stairs does the lamp keeper climb?") == "lighthouse.md"
@@ -179,15 +179,18 @@ def test_malformed_jsonl_gives_clear_errors(tmp_path, embedder, content, field, 
 def test_empty_and_missing_inputs_give_clear_errors(tmp_path, embedder):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(IngestError, match="no .txt, .md or .jsonl files"):
+    with pytest.raises(IngestError, match=r"no \.txt, \.md, .*\.pdf, \.jsonl files"):
         ingest(tmp_path / "idx", [empty], embedder=embedder)
     (empty / "blank.md").write_text("  \n\n")
     with pytest.raises(IngestError, match=r"empty corpus.*1 empty file"):
         ingest(tmp_path / "idx", [empty], embedder=embedder)
     with pytest.raises(IngestError, match="no such file"):
         ingest(tmp_path / "idx", [tmp_path / "nope"], embedder=embedder)
-    (tmp_path / "x.pdf").write_bytes(b"%PDF")
-    with pytest.raises(IngestError, match="unsupported file type"):
+    (tmp_path / "x.doc").write_bytes(b"\xd0\xcf")
+    with pytest.raises(IngestError, match="unsupported file type '.doc'"):
+        ingest(tmp_path / "idx", [tmp_path / "x.doc"], embedder=embedder)
+    (tmp_path / "x.pdf").write_bytes(b"%PDF-1.4 truncated")
+    with pytest.raises(IngestError, match="x.pdf: not a readable PDF"):
         ingest(tmp_path / "idx", [tmp_path / "x.pdf"], embedder=embedder)
     (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(IngestError, match="not UTF-8"):

@@ -1,11 +1,12 @@
-"""hola-ros index: build or update a FAISS retrieval index from text / Markdown folders and JSONL."""
+"""hola-ros index: build or update a retrieval index from folders of Markdown, HTML, PDF, text and JSONL."""
 
 
 def register(sub) -> None:
-    p = sub.add_parser("index", help="build or append a retrieval index (txt/md folders, JSONL)",
+    p = sub.add_parser("index", help="build or append a retrieval index (Markdown, HTML, PDF, text, JSONL)",
                        description="Build or update an index directory. Unchanged files are skipped, new "
                                    "files appended, changed files replaced.")
-    p.add_argument("paths", nargs="*", help="files or folders (.txt, .md, .jsonl); default with --demo: the demo KB")
+    p.add_argument("paths", nargs="*", help="files or folders (.md, .html, .pdf, .txt, .jsonl); default with --demo: "
+                                           "the demo KB")
     p.add_argument("-o", "--out", help="index directory (default with --demo: the cached demo index)")
     p.add_argument("--demo", action="store_true", help="build the packaged demo knowledge base's index")
     p.add_argument("--field", default="text",

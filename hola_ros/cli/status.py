@@ -6,7 +6,9 @@ def register(sub) -> None:
     parser.add_argument("--config", help="graph YAML whose nodes to expect (default: the package's)")
     parser.add_argument("--namespace", default="", help="namespace of the graph (as given to `hola-ros up`)")
     parser.add_argument("--only", default="", metavar="NODE[,NODE]", help="expect only these nodes of the graph")
-    parser.add_argument("--wait", action="store_true", help="wait until every node of the graph is active")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait until every node of the graph reports ready (active, index loaded, the verifier's "
+                             "retriever answering)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to listen / wait (default 10)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
@@ -36,7 +38,7 @@ def run(args) -> int:
                              lambda m: latest.__setitem__(m.node, m), TELEMETRY_QOS)
 
     def ready() -> bool:
-        return all(name in latest and latest[name].state == "active" for name in expected)
+        return all(name in latest and latest[name].ready for name in expected)
 
     deadline = time.monotonic() + args.timeout
     try:
@@ -48,12 +50,14 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({name: msg_to_dict(m) for name, m in sorted(latest.items())}))
     else:
-        print(f"{'node':<18}{'state':<12}{'cpu %':>7}{'rss MB':>9}{'tok/s':>8}{'queue':>7}{'served':>8}")
+        print(f"{'node':<18}{'state':<12}{'ready':<7}{'cpu %':>7}{'rss MB':>9}{'tok/s':>8}{'queue':>7}{'served':>8}")
         for name in sorted(expected | set(latest)):
             m = latest.get(name)
             if m is None:
-                print(f"{name:<18}{'(silent)':<12}")
+                print(f"{name:<18}{'(silent)':<12}{'no':<7}")
             else:
-                print(f"{name:<18}{m.state:<12}{m.cpu_percent:>7.0f}{m.rss_bytes / 2**20:>9.0f}"
-                      f"{m.tokens_per_s:>8.1f}{m.queue_depth:>7}{m.requests_served:>8}")
+                print(f"{name:<18}{m.state:<12}{'yes' if m.ready else 'no':<7}{m.cpu_percent:>7.0f}"
+                      f"{m.rss_bytes / 2**20:>9.0f}{m.tokens_per_s:>8.1f}{m.queue_depth:>7}{m.requests_served:>8}"
+                      + ("" if m.ready else f"  ({m.not_ready_reason})"))
+        print("graph ready" if ready() else "graph NOT ready")
     return 0 if ready() or not args.wait else 1

@@ -14,6 +14,9 @@ def register(sub) -> None:
     parser.add_argument("--only", default="", metavar="NODE[,NODE]",
                         help="start only these nodes of the graph (split deployment: drafter and retriever on the "
                              "robot, verifier on an edge server)")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, metavar="S",
+                        help="log when every node reports ready (index loaded, the verifier's retriever answering), "
+                             "or that it was not within S seconds (default 600; 0: do not watch)")
     parser.set_defaults(run=run)
 
 
@@ -26,4 +29,4 @@ def run(args) -> int:
         options = launch_options(graph, args.namespace, args.params, args.log_level, args.only)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"hola-ros up: {exc}")
-    return run_graph(graph, options)
+    return run_graph(graph, options, ready_timeout_s=args.ready_timeout)

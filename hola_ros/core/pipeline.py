@@ -14,8 +14,9 @@ from hola_ros.core.requests import GenerationRequest
 from hola_ros.core.retrieval.adacomp import gather_context
 from hola_ros.core.retrieval.lookup import document_answer
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
-                                               echoes, follow_up_messages, is_bare_refusal, may_become_refusal,
-                                               new_terms, source_note, unknown_codes_answer)
+                                               documents_unavailable_answer, echoes, follow_up_messages,
+                                               is_bare_refusal, may_become_refusal, new_terms, source_note,
+                                               unknown_codes_answer)
 from hola_ros.core.scheduler import Outcome
 
 FOLLOW_UP_TOKENS = 32
@@ -77,8 +78,9 @@ class HeldAnswer:
 
 
 def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tuple[list, bool, dict]:
-    """(passages, grounded, evidence) for the request; a failing retriever leaves the answer
-    ungrounded, flagged. `evidence`: what the retriever found out about the question (its detail)."""
+    """(passages, grounded, evidence) for the request; a failing retriever leaves it without passages,
+    flagged, and its reason in stats["retrieval_error"]. `evidence`: what the retriever found out
+    about the question (its detail)."""
     if request.retrieval_mode == "off":
         return [], False, {}
     if retrieve is None:
@@ -89,10 +91,10 @@ def _retrieval(request: GenerationRequest, target, retrieve, stats: dict) -> tup
     try:
         decision = gather_context(request.prompt, request.retrieval_mode, retrieve=retrieve,
                                   follow_up=lambda q, found: follow_up_query(target, q, found))
-    except Exception as exc:  # retriever down or failing: answer without it
+    except Exception as exc:  # retriever down, failing or late: the caller decides what to answer
         stats["flags"].append("retriever_unavailable")
         stats["degraded"] = True
-        stats["retrieval_error"] = f"{type(exc).__name__}: {exc}"
+        stats["retrieval_error"] = str(exc) or type(exc).__name__
         return [], False, {}
     stats.update(retrieval_level=decision.level, complexity_score=decision.score, retrievals=decision.retrievals,
                  context_tokens=decision.context_tokens, retrieval_detail=decision.detail,
@@ -139,9 +141,13 @@ def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) ->
 
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None, general_prompt: str = "",
-           document_lookup: bool = True, prompt_cache=None) -> Outcome:
-    """`retrieve(query, mode, budget) -> RetrievalDecision` may raise: the answer then comes
-    without retrieval, flagged. `drafter` failures are handled inside generate() the same way.
+           document_lookup: bool = True, prompt_cache=None, ungrounded_fallback: bool = False) -> Outcome:
+    """`retrieve(query, mode, budget) -> RetrievalDecision` may raise (retriever down, failing or
+    late): the answer then says that the documents could not be consulted, without a generation
+    (stop reason and flag `documents_unavailable`, flagged `retriever_unavailable`, degraded), since
+    the gate that decides whether a question needs them did not run either; `ungrounded_fallback`:
+    the model answers from the question alone instead, flagged. `drafter` failures are handled
+    inside generate(): plain decoding, flagged.
     `general_prompt`: system prompt of a question answered without documents (level 0);
     `document_lookup`: a question about a code that keys a retrieved table row, or one that a
     retrieved FAQ entry asks, is answered with that row or entry (`retrieval.lookup`), without a
@@ -152,6 +158,9 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     passages, grounded, evidence = _retrieval(request, target, retrieve, stats)
     stats["retrieval_s"] = time.monotonic() - started
     emit = on_block or (lambda token_ids, text: None)
+    if "retrieval_error" in stats and not ungrounded_fallback:
+        answer_text = documents_unavailable_answer(stats["retrieval_error"])
+        return _without_model(request, answer_text, "documents_unavailable", stats, emit, started)
     codes = evidence.get("unknown_codes") if grounded else None
     if codes:  # the documents cannot say anything about a code none of them holds: no generation
         return _without_model(request, unknown_codes_answer(codes), "unknown_code", stats, emit, started)

@@ -119,18 +119,26 @@ class HolaNode(LifecycleNode):
         """Node-specific Telemetry fields (tokens_per_s, queue_depth, requests_served, ...)."""
         return {}
 
+    def not_ready_reason(self) -> str:
+        """Why the node does not serve what it is for yet ("" when ready). Active means its models
+        and index are loaded (activation loads them); a node that needs another one says so."""
+        return "" if self.state_label == "active" else f"state {self.state_label}"
+
     def _publish_telemetry(self) -> None:
         figures = {**self._sampler.sample(), **self.telemetry_figures()}
+        why = self.not_ready_reason()
         msg = Telemetry(stamp=self.get_clock().now().to_msg(), node=self.get_name(), role=self.role,
-                        instance_id=self.instance_id, state=self.state_label)
+                        instance_id=self.instance_id, state=self.state_label, ready=not why, not_ready_reason=why)
         for key, value in figures.items():
             if hasattr(msg, key):
                 setattr(msg, key, type(getattr(msg, key))(value))
         self._telemetry_pub.publish(msg)
-        level = DiagnosticStatus.OK if self.state_label == "active" else DiagnosticStatus.WARN
+        level = DiagnosticStatus.OK if not why else DiagnosticStatus.WARN
+        message = self.state_label if not why or why.startswith("state ") else f"{self.state_label}, not ready: {why}"
+        figures["ready"] = not why
         # /diagnostics is shared by every robot of the domain: name the node with its namespace
         status = DiagnosticStatus(level=level, name=f"hola_ros: {self.get_fully_qualified_name().lstrip('/')}",
-                                  hardware_id=self._hostname, message=self.state_label,
+                                  hardware_id=self._hostname, message=message,
                                   values=[KeyValue(key=k, value=_fmt(v)) for k, v in sorted(figures.items())])
         self._diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=msg.stamp), status=[status]))
 

@@ -15,6 +15,7 @@ from hola_ros.srv import Draft, Retrieve
 
 POLL_S = 0.05
 GONE_GRACE_S = 0.5  # a server that left the graph (deactivated, killed) will not answer
+PROBE_TIMEOUT_S = 5.0  # a readiness probe unanswered this long is dropped and sent again
 
 
 def call_with_deadline(client, request, timeout_s: float):
@@ -82,18 +83,56 @@ class RetrieverUnavailable(RuntimeError):
 
 
 class RemoteRetriever:
-    """retrieve(query, mode, budget) -> RetrievalDecision over hola/retrieve."""
+    """retrieve(query, mode, budget) -> RetrievalDecision over hola/retrieve, and whether the
+    retriever answers: `reachable` (its service is up and answered the last probe or call) and
+    `answered` (it has answered this process at least once: the graph got past its start-up).
+    The retriever creates its service only once its index is loaded and a warm-up retrieval ran,
+    so an answer to a probe (mode off: no search) means its documents can be consulted."""
 
     def __init__(self, node, timeout_s: Callable[[], float], callback_group):
         self._client = node.create_client(Retrieve, RETRIEVE, callback_group=callback_group)
         self._timeout_s = timeout_s
+        self.reachable = self.answered = False
+        self._probe, self._probe_sent = None, 0.0
+
+    def check(self) -> bool:
+        """Called periodically: updates and returns `reachable`. A probe goes out only while the
+        retriever is not known to answer, so a serving graph carries no probe traffic."""
+        if not self._client.service_is_ready():
+            self.reachable = False
+            self._drop_probe()
+        elif not self.reachable and self._probe is None:
+            self._probe, self._probe_sent = self._client.call_async(
+                Retrieve.Request(query="readiness probe", mode="off")), time.monotonic()
+            self._probe.add_done_callback(self._probed)
+        elif self._probe is not None and time.monotonic() - self._probe_sent > PROBE_TIMEOUT_S:
+            self._drop_probe()
+        return self.reachable
+
+    def _probed(self, future) -> None:
+        if future is self._probe:
+            self._probe = None
+            self._answer(future.result() is not None and future.result().success)
+
+    def _drop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None and not probe.done():
+            self._client.remove_pending_request(probe)
+
+    def _answer(self, ok: bool) -> None:
+        self.reachable = ok
+        self.answered = self.answered or ok
 
     def __call__(self, query: str, mode: str, budget: int | None = None):
         from hola_ros.core.retrieval.adacomp import RetrievalDecision
 
         request = Retrieve.Request(query=query, mode=mode, budget_tokens=-1 if budget is None else int(budget))
+        if not self._client.service_is_ready():
+            self._answer(False)
+            raise RetrieverUnavailable(f"the retriever is not serving: no {self._client.srv_name} service")
         timeout = self._timeout_s()
         response = call_with_deadline(self._client, request, timeout)
+        self._answer(response is not None)
         if response is None:
             raise RetrieverUnavailable(f"retriever did not answer within {timeout:.1f} s")
         if not response.success:

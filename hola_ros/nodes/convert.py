@@ -12,13 +12,15 @@ def passage_to_msg(p) -> Passage:
     that lost a sentence."""
     f = p if isinstance(p, dict) else vars(p)
     return Passage(text=str(f.get("text", "")), source=str(f.get("source", "")), score=float(f.get("score", 0.0)),
-                   tokens=int(f.get("tokens", 0)), trimmed=bool(f.get("trimmed", False)))
+                   tokens=int(f.get("tokens", 0)), trimmed=bool(f.get("trimmed", False)),
+                   section=str(f.get("section", "")), page=int(f.get("page", 0)))
 
 
 def passage_from_msg(msg: Passage):
     from hola_ros.core.retrieval.adacomp import Passage as Retrieved
 
-    return Retrieved(msg.text, msg.source, float(msg.score), int(msg.tokens), bool(msg.trimmed))
+    return Retrieved(msg.text, msg.source, float(msg.score), int(msg.tokens), bool(msg.trimmed), msg.section,
+                     int(msg.page))
 
 
 def stats_to_msg(stats: dict) -> GenerationStats:

@@ -23,6 +23,8 @@ from hola_ros.nodes.convert import stats_to_msg
 from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Ask, Cancel
 
+READINESS_PERIOD_S = 0.5  # how often the verifier checks that the retriever answers
+
 PARAMS = {
     "model": Param("qwen2.5-coder-0.5b-instruct", "served model: packaged name, .gguf file, Hugging Face model "
                    "directory or Lo-Bi artifact directory", applies=ACTIVATION),
@@ -42,8 +44,15 @@ PARAMS = {
     "use_retriever": Param(True, "consult the retriever node; false: no retrieval"),
     "draft_timeout_s": Param(2.0, "deadline of one draft call; missed: decoding goes on without drafts, "
                              "flagged degraded", range=(0.001, 600.0)),
-    "retrieve_timeout_s": Param(15.0, "deadline of one retrieval call; missed: the answer comes without "
-                                "retrieval, flagged degraded", range=(0.001, 600.0)),
+    "retrieve_timeout_s": Param(15.0, "deadline of one retrieval call; missed: the answer says the documents "
+                                "could not be consulted (or, with ungrounded_fallback, comes without them), "
+                                "flagged degraded", range=(0.001, 600.0)),
+    "ready_wait_s": Param(30.0, "while the graph starts (the retriever has not answered yet), a question that needs "
+                          "the documents waits this long from its arrival for the retriever, then is refused "
+                          "as not ready", range=(0.0, 3600.0)),
+    "ungrounded_fallback": Param(False, "when the documents cannot be consulted (retriever down, failing or late), "
+                                 "answer from the model alone, flagged retriever_unavailable; false: answer that "
+                                 "the documents could not be consulted"),
     "general_prompt": Param("", "system prompt of questions answered without documents (retrieval level 0); "
                             "empty: the chat template's default"),
     "document_lookup": Param(True, "a question about a code (E-214, CD-5) that keys a retrieved table row, or "
@@ -85,6 +94,18 @@ class VerifierNode(HolaNode):
         peers = ReentrantCallbackGroup()
         self._drafter = RemoteDrafter(self, lambda: self.param("draft_timeout_s"), peers)
         self._retriever = RemoteRetriever(self, lambda: self.param("retrieve_timeout_s"), peers)
+        self.create_timer(READINESS_PERIOD_S, self._watch_retriever, callback_group=peers)
+
+    def _watch_retriever(self) -> None:
+        if self.state_label == "active" and self.param("use_retriever"):
+            self._retriever.check()
+
+    def not_ready_reason(self) -> str:
+        why = super().not_ready_reason()
+        if not why and self.param("use_retriever") and not self._retriever.reachable:
+            return ("the retriever does not answer (starting, or down)" if self._retriever.answered
+                    else "waiting for the retriever (the documents are not loaded yet)")
+        return why
 
     def limits(self) -> Limits:
         return Limits(max_new_tokens_default=self.param("max_new_tokens_default"),
@@ -162,7 +183,7 @@ class VerifierNode(HolaNode):
         """Validate, queue, and await the one outcome (or the reason it was not queued)."""
         scheduler = self._scheduler
         if scheduler is None or self.state_label != "active":
-            return Outcome(False, f"the verifier is not active (state: {self.state_label})"), msg.request_id
+            return Outcome(False, f"not ready: the verifier is not active (state: {self.state_label})"), msg.request_id
         try:
             request = validate_request(msg, self.limits())
         except RequestError as exc:
@@ -178,6 +199,10 @@ class VerifierNode(HolaNode):
     def _handle(self, job: GatewayJob) -> Outcome:
         """Runs on a scheduler worker thread."""
         from hola_ros.core.pipeline import answer
+
+        refused = self._await_documents(job)
+        if refused is not None:
+            return refused
 
         def on_block(token_ids, text):
             job.new_tokens += len(token_ids)
@@ -195,7 +220,27 @@ class VerifierNode(HolaNode):
                       on_block=on_block, should_stop=lambda: job.cancelled,
                       generation_options={"entropy_gate_tau": tau} if tau > 0 else None,
                       general_prompt=self.param("general_prompt"), document_lookup=self.param("document_lookup"),
-                      prompt_cache=self._prompt_cache)
+                      prompt_cache=self._prompt_cache, ungrounded_fallback=self.param("ungrounded_fallback"))
+
+    def _await_documents(self, job: GatewayJob) -> Outcome | None:
+        """While the graph starts (the retriever has never answered this verifier), a question that
+        may need the documents waits for the retriever up to ready_wait_s from its arrival, then is
+        refused as not ready: never answered from the model's memory because a node was still
+        loading. None: go on. (Later, a missing retriever gets the documents-unavailable answer.)"""
+        if (job.request.retrieval_mode == "off" or not self.param("use_retriever") or self._retriever.answered
+                or self.param("ungrounded_fallback")):
+            return None
+        deadline = job.submitted_at + self.param("ready_wait_s")
+        while not self._retriever.reachable and not job.cancelled and time.monotonic() < deadline:
+            time.sleep(READINESS_PERIOD_S / 5)
+        if self._retriever.reachable:
+            return None
+        if job.cancelled:
+            return Outcome(False, "cancelled", stats={"stop_reason": "cancelled"})
+        waited = time.monotonic() - job.submitted_at
+        return Outcome(False, f"not ready: the documents are not loaded yet (no answer from the retriever in "
+                              f"{waited:.0f} s); ask again once `hola-ros status` shows the graph ready",
+                       stats={"stop_reason": "not_ready", "flags": ["not_ready"], "retrieval_level": -1})
 
     def _finished(self, job: GatewayJob, outcome: Outcome) -> None:
         """Exactly once per accepted request: the final chunk, then the awaiting handler resumes."""

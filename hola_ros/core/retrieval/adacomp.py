@@ -12,8 +12,9 @@ again, merge, re-fit the budget), whatever transport `retrieve` uses.
 from __future__ import annotations
 
 import math
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +29,8 @@ MODES = ("auto", "off", "single", "multi")
 MIN_TRIMMED_TOKENS = 24  # a trimmed passage shorter than this is more noise than evidence
 RRF_K = 60  # reciprocal rank fusion: score = sum over rankings of 1 / (RRF_K + rank)
 LEXICAL_CANDIDATES = 20  # BM25 hits and dense neighbours each ranking contributes at most
+BUDGET_PERCENTILE = 75  # the passage size the budget makes room for, top_k times (adapted_budget)
+BUDGET_SAMPLE = 1000  # passages whose size is measured at load
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Passage:
     score: float  # cosine similarity of the passage to the query that retrieved it
     tokens: int = 0  # tokens this passage takes in the context block (0: not counted)
     trimmed: bool = False
+    section: str = ""  # heading path of the section it comes from ("Setup > Networking")
+    page: int = 0  # page of a PDF source (1-based); 0: not paged
 
 
 @dataclass
@@ -79,8 +84,11 @@ def lm_follow_up(model, tokenizer, max_new_tokens: int = 32) -> Callable[[str, l
 
 
 def _unit_relevance(text: str, query_terms: set[str]) -> float:
-    """How much of the query a unit (row, item, sentence) holds: shared terms, identifiers x3."""
-    found = set(lexical.terms(text)) & query_terms
+    """How much of the query a unit (row, item, sentence) holds: shared terms (a word that extends a
+    query word by a suffix counts: "Weight" for "weigh"), identifiers x3."""
+    words = [q for q in query_terms if len(q) >= lexical.SAME_WORD_PREFIX and q.isalpha()]
+    found = {t for t in lexical.terms(text) if t in query_terms or any(
+        t.startswith(q) and len(t) - len(q) <= lexical.EXTENSION_LETTERS for q in words)}
     return sum(3.0 if any(c.isdigit() for c in t) and any(c.isalpha() for c in t) else 1.0 for t in found)
 
 
@@ -94,10 +102,10 @@ def trim_passage(p: Passage, room: int, count_tokens: Callable[[str], int], quer
     keep, best = [], None
     for i in order:
         text = join_units(parts, keep + [i])
-        n = count_tokens(format_passage(Passage(text, p.source, p.score)))
+        n = count_tokens(format_passage(replace(p, text=text)))
         if n <= room:
             keep.append(i)
-            best = Passage(text, p.source, p.score, n, True)
+            best = replace(p, text=text, tokens=n, trimmed=True)
     return best if best is not None and len(keep) < len(parts.units) else None
 
 
@@ -119,11 +127,64 @@ def focus_rows(passages: list[Passage], query: str) -> tuple[list[Passage], list
         if not keep:
             dropped.append({"source": p.source, "reason": "no row with the query's identifiers"})
         elif left_out:
-            out.append(Passage(join_units(parts, keep), p.source, p.score, 0, True))
+            out.append(replace(p, text=join_units(parts, keep), tokens=0, trimmed=True))
             dropped.append({"source": p.source, "reason": "rows without the query's identifiers",
                             "units_dropped": left_out})
         else:
             out.append(p)
+    return out, dropped
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _named_columns(headers: list[str], query_terms: list[str]) -> list[int]:
+    """The columns whose header (without a trailing unit, "(W)") the query names as a phrase of two
+    terms or more (a model's name, "TurtleBot 4"; a one-word header such as "Meaning" names an
+    attribute every row has); a longer name claims its words first, so "TurtleBot 4 Lite" is not
+    also "TurtleBot 4"."""
+    names = [lexical.terms(re.sub(r"\s*\([^)]*\)\s*$", "", h)) for h in headers]
+    names = [n if len(n) >= 2 else [] for n in names]
+    claimed, named = set(), []
+    for i in sorted(range(len(names)), key=lambda i: -len(names[i])):
+        n = len(names[i])
+        for start in range(len(query_terms) - n + 1) if n else ():
+            span = set(range(start, start + n))
+            if query_terms[start:start + n] == names[i] and not span & claimed:
+                claimed |= span
+                named.append(i)
+                break
+    return sorted(named)
+
+
+def focus_columns(passages: list[Passage], query: str) -> tuple[list[Passage], list[dict]]:
+    """A table with one column per model or variant ("| Feature | TurtleBot 4 Lite | TurtleBot 4 |")
+    keeps, beside its first column, only the columns the query names (`_named_columns`); a table
+    none or all of whose columns the query names stays whole. The 0.5B read the Lite's weight for
+    the TurtleBot 4's from the whole row."""
+    asked = lexical.terms(query)
+    out, dropped = [], []
+    for p in passages:
+        parts = split_units(p.text)
+        keep_cols = {}
+        for start, header in parts.headers.items():
+            columns = _cells(header[0])[1:]
+            named = _named_columns(columns, asked)
+            if len(columns) >= 2 and named and len(named) < len(columns):
+                keep_cols[start] = [0] + [i + 1 for i in named]
+        if not keep_cols:
+            out.append(p)
+            continue
+        text = p.text
+        for start, cols in keep_cols.items():
+            for line in parts.headers[start][:1] + [u.text for u in parts.units if u.table == start]:
+                cells = _cells(line)
+                text = text.replace(line, "| " + " | ".join(cells[c] for c in cols if c < len(cells)) + " |", 1)
+            text = text.replace(parts.headers[start][1], "|" + "|".join(["---"] * len(cols)) + "|", 1)
+        out.append(replace(p, text=text, tokens=0, trimmed=True))
+        dropped.append({"source": p.source, "reason": "columns the query does not name",
+                        "kept": [_cells(parts.headers[s][0])[c] for s, cols in keep_cols.items() for c in cols]})
     return out, dropped
 
 
@@ -135,7 +196,7 @@ def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str
     for p in passages:
         n = count_tokens(format_passage(p))
         if used + n <= budget:
-            out.append(Passage(p.text, p.source, p.score, n, p.trimmed))
+            out.append(replace(p, tokens=n))
             used += n
             continue
         cut = trim_passage(p, budget - used, count_tokens, query) if budget - used >= min_tokens else None
@@ -148,6 +209,13 @@ def fit_budget(passages: list[Passage], budget: int, count_tokens: Callable[[str
         out.append(cut)
         used += cut.tokens
     return out, dropped
+
+
+def adapted_budget(floor: int, top_k: int, passage_tokens: int) -> int:
+    """The context budget for an index: at least `floor`, raised so that top_k passages of the
+    index's typical size fit (a manual's passages run longer than a short KB's: its 75th percentile
+    was 213 tokens against the demo KB's 123), at most twice the floor."""
+    return min(2 * floor, max(floor, top_k * passage_tokens))
 
 
 class AdaCompRetriever:
@@ -181,10 +249,21 @@ class AdaCompRetriever:
         self.thresholds = load_thresholds() if thresholds is None else merge_thresholds(thresholds)
         self.gate = (ComplexityGate(gate_model.model, gate_model.tokenizer, self.thresholds)
                      if gate_model is not None else None)
-        self.budget_tokens = budget_tokens
         self.top_k = top_k
         self.candidates = candidates or 2 * top_k
         self.count_tokens = count_tokens or self.embedder.count_tokens
+        self.budget_tokens = adapted_budget(budget_tokens, top_k, self._passage_tokens(BUDGET_PERCENTILE))
+
+    def _passage_tokens(self, percentile: float) -> int:
+        """Tokens of the index's passages at `percentile`, as formatted in the prompt (a stride sample
+        of at most BUDGET_SAMPLE passages, so a large index loads in seconds)."""
+        import numpy as np
+
+        passages = self.store.passages[::max(1, len(self.store.passages) // BUDGET_SAMPLE)]
+        if not passages:
+            return 0
+        counts = [self.count_tokens(format_passage(Passage(p["text"], p["source"], 0.0))) for p in passages]
+        return int(np.percentile(counts, percentile))
 
     def retrieve(self, query: str, mode: str = "auto", budget_tokens: int | None = None) -> RetrievalDecision:
         if mode not in MODES:
@@ -199,6 +278,8 @@ class AdaCompRetriever:
         t0 = time.perf_counter()
         fused, timings = self._search(query)
         chosen, focused = focus_rows(self._select(fused), query)
+        chosen, narrowed = focus_columns(chosen, query)
+        focused += narrowed
         passages, dropped = fit_budget(chosen, budget, self.count_tokens, query)
         dropped = focused + dropped
         t1 = time.perf_counter()
@@ -280,7 +361,8 @@ class AdaCompRetriever:
             if weak or text in seen:
                 continue
             seen.add(text)
-            chosen.append(Passage(text, c.passage["source"], c.dense))
+            chosen.append(Passage(text, c.passage["source"], c.dense, section=c.passage.get("section", ""),
+                                  page=int(c.passage.get("page", 0))))
             if len(chosen) == self.top_k:
                 break
         return chosen

@@ -1,8 +1,9 @@
-"""Split documents into passages along their structure: sentences, list items and table rows.
+"""Split documents into passages along their structure: sentences, list items, table rows, code lines.
 
-A passage is built from whole units (a sentence of prose, a list item, a table row) of one
-Markdown section, up to `size` words; a unit longer than that stays whole. Every passage of a
-Markdown section starts with its heading path as a heading line (`# Charging docks > Docking
+Documents arrive as sections of blocks (`documents.py` reads Markdown, HTML, PDF and plain text).
+A passage is built from whole units (a sentence of prose, a list item, a table row, a line of
+code) of one section, up to `size` words; a unit longer than that stays whole. Every passage of a
+section starts with its heading path as a heading line (`# Charging docks > Docking
 problems`), and every passage that holds rows of a table repeats the table's header row, so a
 row is never read without its column names. Consecutive passages of a section share whole
 trailing units up to `overlap` words.
@@ -18,14 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*\S)\s*$")
 _TABLE_SEPARATOR = re.compile(r"^\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 # a sentence ends at . ! ? (optionally closed by a quote or bracket) followed by space and a capital,
 # a digit or an opening mark; "e.g. the" and "3.2 m" do not end one
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(*])")
 _ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|approx|no|vs|fig|max|min)\.|\b[A-Z]\.)$", re.IGNORECASE)
-CHUNKER = "structured-1"  # recorded in the manifest: passages depend on it
+CHUNKER = "structured-2"  # recorded in the manifest: passages depend on it (2: Markdown via markdown-it, HTML, PDF pages)
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ class ChunkingConfig:
 
 @dataclass
 class Block:
-    """A paragraph (units = sentences), a list (units = items) or a table (units = rows)."""
-    kind: str  # "prose", "list" or "table"
+    """A paragraph (units = sentences), a list (units = items), a table (units = rows) or code
+    (units = lines)."""
+    kind: str  # "prose", "list", "table" or "code"
     units: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)  # a table's header row and separator line
 
@@ -65,60 +66,6 @@ def split_sentences(text: str) -> list[str]:
         start = m.end()
     parts.append(text[start:].strip())
     return [p for p in parts if p]
-
-
-def _sections(text: str, markdown: bool) -> list[tuple[str, list[str]]]:
-    """(heading path, body lines) pairs; the heading path gives each chunk its topic."""
-    if not markdown:
-        return [("", text.splitlines())]
-    out, path, body = [], [], []
-    for line in text.splitlines():
-        m = _HEADING.match(line)
-        if m:
-            out.append((" > ".join(t for _, t in path), body))
-            level = len(m.group(1))
-            path = [(lv, t) for lv, t in path if lv < level] + [(level, m.group(2))]
-            body = []
-        else:
-            body.append(line)
-    out.append((" > ".join(t for _, t in path), body))
-    return [(h, b) for h, b in out if any(line.strip() for line in b)]
-
-
-def parse_blocks(lines: list[str], markdown: bool = True) -> list[Block]:
-    """Paragraphs, lists and (Markdown) tables of one section, in order."""
-    blocks: list[Block] = []
-    for line in lines:
-        stripped = line.strip()
-        last = blocks[-1] if blocks else None
-        if not stripped:
-            if last is not None and last.kind != "table":
-                blocks.append(Block("break"))  # a blank line ends a paragraph or a list
-            continue
-        if markdown and stripped.startswith("|"):
-            if last is None or last.kind != "table":
-                blocks.append(Block("table", header=[stripped]))
-            elif len(last.header) == 1 and not last.units and _TABLE_SEPARATOR.match(stripped):
-                last.header.append(stripped)
-            else:
-                last.units.append(stripped)
-        elif markdown and _LIST_ITEM.match(line):
-            if last is None or last.kind != "list":
-                blocks.append(Block("list"))
-            blocks[-1].units.append(stripped)
-        elif last is not None and last.kind in ("list", "prose") and last.units:
-            last.units[-1] += " " + stripped  # a wrapped line continues the item or paragraph
-        else:
-            blocks.append(Block("prose", [stripped]))
-    out = []
-    for b in blocks:
-        if b.kind == "table" and len(b.header) == 1:  # no separator line: a pipe-started paragraph
-            b = Block("table", units=b.header)
-        if b.kind == "prose":
-            b = Block("prose", [s for u in b.units for s in split_sentences(u)])
-        if b.kind != "break" and (b.units or b.header):
-            out.append(b)
-    return out
 
 
 def _render(pieces: list[tuple[int, Block, str]]) -> str:
@@ -139,19 +86,27 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def chunk_text(text: str, config: ChunkingConfig = ChunkingConfig(), markdown: bool = False) -> list[str]:
-    """Chunks of whole units, at most `config.size` words each (plus the heading and table header)."""
+@dataclass
+class Chunk:
+    text: str
+    heading: str = ""  # the section's heading path (also the passage's first line)
+    page: int = 0  # the PDF page it comes from; 0: not paged
+
+
+def chunk_sections(sections, config: ChunkingConfig = ChunkingConfig()) -> list[Chunk]:
+    """Chunks of whole units of each section (`documents.Section`), at most `config.size` words
+    each (plus the heading and table header)."""
     chunks = []
-    for heading, lines in _sections(text, markdown):
-        units = [(i, b, u) for i, b in enumerate(parse_blocks(lines, markdown)) for u in b.units]
-        prefix = f"# {heading}\n" if heading else ""
+    for section in sections:
+        units = [(i, b, u) for i, b in enumerate(section.blocks) for u in b.units]
+        prefix = f"# {section.heading}\n" if section.heading else ""
         start = 0
         while start < len(units):
             end, words = start, 0
             while end < len(units) and (end == start or words + _words(units[end][2]) <= config.size):
                 words += _words(units[end][2])
                 end += 1
-            chunks.append(prefix + _render(units[start:end]))
+            chunks.append(Chunk(prefix + _render(units[start:end]), section.heading, section.page))
             if end >= len(units):
                 break
             back, shared = end, 0  # whole trailing units up to `overlap` words start the next chunk
@@ -160,6 +115,14 @@ def chunk_text(text: str, config: ChunkingConfig = ChunkingConfig(), markdown: b
                 shared += _words(units[back][2])
             start = back
     return chunks
+
+
+def chunk_text(text: str, config: ChunkingConfig = ChunkingConfig(), markdown: bool = False) -> list[str]:
+    """Chunk texts of a Markdown document (`documents.markdown_sections`) or of plain text."""
+    from .documents import Section, markdown_sections, text_blocks
+
+    sections = markdown_sections(text) if markdown else [Section("", text_blocks(text.splitlines()))]
+    return [c.text for c in chunk_sections(sections, config)]
 
 
 @dataclass

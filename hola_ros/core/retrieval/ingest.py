@@ -1,9 +1,13 @@
 """Files -> passages -> embeddings -> index directory.
 
-Sources: folders (recursively) or files of .txt / .md, and JSONL with a field selector
-(`"text"`, `"question,answer"` joins fields, `"meta.body"` reads nested objects). A source is
-identified by its resolved path; its sha256 (and the options it was read with) decide whether a
-re-ingest skips it (unchanged), replaces it (changed) or appends it (new).
+Sources: folders (recursively) or files of Markdown (.md: front matter, HTML, Liquid templating and
+code handled, `documents.markdown_sections`), HTML (.html, .htm), PDF (.pdf, `pypdf`), plain text
+(.txt), and JSONL with a field selector (`"text"`, `"question,answer"` joins fields, `"meta.body"`
+reads nested objects). A source is identified by its resolved path and named, in passages and
+answers, by its path relative to the folder it was found in (`setup/networking.md`; a file given
+by itself: its name); each passage also carries its section (heading path) and, from a PDF, its
+page. A source's sha256 (and the options it was read with) decide whether a re-ingest skips it
+(unchanged), replaces it (changed) or appends it (new).
 """
 from __future__ import annotations
 
@@ -16,11 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunking import ChunkingConfig, chunk_text
+from .chunking import CHUNKER, ChunkingConfig, chunk_sections
+from .documents import Section, html_sections, markdown_sections, pdf_sections, text_blocks
 from .store import IndexStore, StoreError, locked
 
-TEXT_EXTS = (".txt", ".md", ".markdown")
+MARKDOWN_EXTS = (".md", ".markdown")
+TEXT_EXTS = (".txt",) + MARKDOWN_EXTS
+HTML_EXTS = (".html", ".htm")
+PDF_EXTS = (".pdf",)
 JSONL_EXTS = (".jsonl",)
+SUPPORTED_EXTS = TEXT_EXTS + HTML_EXTS + PDF_EXTS + JSONL_EXTS
 
 
 class IngestError(ValueError):
@@ -29,9 +38,8 @@ class IngestError(ValueError):
 
 @dataclass
 class Document:
-    text: str
-    source: str  # display name: file name, or file:line for JSONL records
-    markdown: bool = False
+    sections: list[Section]
+    source: str  # display name: path relative to the folder it was found in, or file:line for JSONL records
 
 
 @dataclass
@@ -53,19 +61,27 @@ class IngestReport:
         return bool(self.added or self.replaced or self.removed)
 
 
-def collect_files(paths) -> list[Path]:
-    files = []
+def collect_sources(paths) -> list[tuple[Path, str]]:
+    """(resolved path, display name) of every supported file under `paths`, each once; hidden
+    files and folders are skipped."""
+    found: dict[Path, str] = {}
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_EXTS + JSONL_EXTS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            for f in sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_EXTS
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts)):
+                found.setdefault(f.resolve(), f.relative_to(p).as_posix())
         elif p.is_file():
-            if p.suffix.lower() not in TEXT_EXTS + JSONL_EXTS:
-                raise IngestError(f"{p}: unsupported file type {p.suffix!r} (use .txt, .md or .jsonl)")
-            files.append(p)
+            if p.suffix.lower() not in SUPPORTED_EXTS:
+                raise IngestError(f"{p}: unsupported file type {p.suffix!r} "
+                                  f"(use {', '.join(SUPPORTED_EXTS)})")
+            found.setdefault(p.resolve(), p.name)
         else:
             raise IngestError(f"{p}: no such file or directory")
-    return list(dict.fromkeys(f.resolve() for f in files))
+    return list(found.items())
+
+
+def collect_files(paths) -> list[Path]:
+    return [path for path, _ in collect_sources(paths)]
 
 
 def _select(record: dict, selector: str, where: str) -> str:
@@ -83,13 +99,34 @@ def _select(record: dict, selector: str, where: str) -> str:
     return "\n\n".join(p for p in parts if p)  # one paragraph per field
 
 
-def read_documents(path: Path, field: str = "text") -> list[Document]:
+def _plain(text: str) -> list[Section]:
+    return [Section("", text_blocks(text.splitlines()))]
+
+
+def _read_pdf(path: Path) -> list[Section]:
+    from pypdf.errors import PyPdfError
+
+    try:
+        return pdf_sections(path)
+    except (PyPdfError, ValueError, KeyError, OSError) as e:
+        raise IngestError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
+
+
+def read_documents(path: Path, field: str = "text", display: str | None = None) -> list[Document]:
+    display = display or path.name
+    suffix = path.suffix.lower()
+    if suffix in PDF_EXTS:
+        return [Document(_read_pdf(path), display)]
     try:
         raw = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise IngestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    if path.suffix.lower() in TEXT_EXTS:
-        return [Document(raw, path.name, markdown=path.suffix.lower() != ".txt")] if raw.strip() else []
+    if suffix in TEXT_EXTS + HTML_EXTS:
+        if not raw.strip():
+            return []
+        sections = (markdown_sections(raw) if suffix in MARKDOWN_EXTS else
+                    html_sections(raw) if suffix in HTML_EXTS else _plain(raw))
+        return [Document(sections, display)]
     docs = []
     for n, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
@@ -103,7 +140,7 @@ def read_documents(path: Path, field: str = "text") -> list[Document]:
             raise IngestError(f"{where}: expected a JSON object per line, got {type(record).__name__}")
         text = _select(record, field, where)
         if text:
-            docs.append(Document(text, f"{path.name}:{n}"))
+            docs.append(Document(_plain(text), f"{display}:{n}"))
     return docs
 
 
@@ -126,6 +163,13 @@ def _same(a: dict, b: dict) -> bool:
     return a.get("sha256") == b.get("sha256") and a.get("field") == b.get("field")
 
 
+def source_passages(path: Path, display: str, field: str, chunking: ChunkingConfig) -> list[dict]:
+    """The passages of one source file: text, display source, chunk number, section, page."""
+    return [{"text": c.text, "source": d.source, "chunk": i, "section": c.heading, "page": c.page}
+            for d in read_documents(path, field, display)
+            for i, c in enumerate(chunk_sections(d.sections, chunking))]
+
+
 def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = None, field: str = "text",
            index_type: str | None = None, prune: bool = False, rebuild: bool = False,
            progress: bool = False, batch_size: int = 256) -> IngestReport:
@@ -133,6 +177,7 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
 
     prune: drop indexed sources that are not among `paths` any more (keeps a mirror of a folder).
     rebuild: start from an empty index (needed to change the embedder or the chunking).
+    progress: progress bars for reading the files and embedding the passages (stderr).
     """
     from tqdm.auto import tqdm
 
@@ -140,38 +185,23 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
 
     t0 = time.perf_counter()
     index_dir = Path(index_dir)
-    files = collect_files(paths)
-    if not files:
-        raise IngestError(f"no .txt, .md or .jsonl files found in {', '.join(map(str, paths))}")
+    sources = collect_sources(paths)
+    if not sources:
+        raise IngestError(f"no {', '.join(SUPPORTED_EXTS)} files found in {', '.join(map(str, paths))}")
     if not isinstance(embedder, Embedder):
         embedder = Embedder.shared(embedder)
 
     with locked(index_dir):
-        if IndexStore.exists(index_dir) and not rebuild:
-            try:
-                store = IndexStore.load(index_dir, mmap=False)
-            except StoreError as e:
-                raise IngestError(str(e)) from e
-            _check_compatible(store, embedder, chunking)
-            chunking = chunking or ChunkingConfig.from_dict(store.manifest["chunking"])
-            if index_type:
-                store.manifest["index"]["requested"] = index_type
-        else:
-            chunking = chunking or ChunkingConfig()
-            store = IndexStore.create(index_dir, embedder.name, embedder.path, embedder.dim, chunking.as_dict(),
-                                      index_type or "auto")
-
+        store, chunking = _open_store(index_dir, embedder, chunking, index_type, rebuild)
         report = IngestReport(str(index_dir))
         todo: list[tuple[str, dict, list[dict]]] = []
-        for path in files:
+        for path, display in tqdm(sources, desc="reading", unit="file", disable=not progress):
             key, info = str(path), _source_info(path, field)
             old = store.sources.get(key)
             if old and _same(old, info):
                 report.unchanged.append(key)
                 continue
-            passages = [{"text": c, "source": d.source, "chunk": i}
-                        for d in read_documents(path, field)
-                        for i, c in enumerate(chunk_text(d.text, chunking, markdown=d.markdown))]
+            passages = source_passages(path, display, field, chunking)
             if not passages:
                 report.skipped_empty.append(key)
                 continue
@@ -179,21 +209,14 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
             todo.append((key, info, passages))
 
         if prune:
-            wanted = {str(f) for f in files}
+            wanted = {str(path) for path, _ in sources}
             report.removed = sorted(k for k in store.sources if k not in wanted)
         store.remove_sources(report.replaced + report.removed)
 
         texts = [p["text"] for _, _, ps in todo for p in ps]
-        vectors = np.zeros((0, embedder.dim), np.float32)
-        if texts:
-            t1 = time.perf_counter()
-            chunks = []
-            with tqdm(total=len(texts), desc="embedding", unit="passage", disable=not progress) as bar:
-                for i in range(0, len(texts), batch_size):
-                    chunks.append(embedder.encode(texts[i:i + batch_size]))
-                    bar.update(len(chunks[-1]))
-            vectors = np.concatenate(chunks)
-            report.embed_s = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        vectors = _embed(embedder, texts, batch_size, progress)
+        report.embed_s = time.perf_counter() - t1 if texts else 0.0
         offset = 0
         for key, info, passages in todo:
             store.add_source(key, info, passages, vectors[offset:offset + len(passages)])
@@ -204,14 +227,77 @@ def ingest(index_dir, paths, embedder=None, chunking: ChunkingConfig | None = No
             raise IngestError(f"empty corpus: no text found in {', '.join(map(str, paths))}"
                               + (f" ({len(report.skipped_empty)} empty file(s))" if report.skipped_empty else ""))
         if report.changed or rebuild or store.needs_save:
-            store.manifest["last_ingest"] = {"new_passages": len(texts), "embed_s": round(report.embed_s, 2),
-                                             "seconds": round(time.perf_counter() - t0, 2),
-                                             "embedder_backend": embedder.backend}
-            store.save()
-        report.total_passages = len(store)
-        report.index_type = store.manifest["index"]["type"]
-        report.total_s = time.perf_counter() - t0
-        return report
+            _save(store, report, embedder, t0)
+        return _finish(report, store, t0)
+
+
+def remove_documents(index_dir, paths) -> IngestReport:
+    """Drop the indexed sources at `paths` (files, or every indexed file under a folder); paths need
+    not exist any more. An index left empty is refused (IngestError), so it always answers."""
+    t0 = time.perf_counter()
+    index_dir = Path(index_dir)
+    targets = [Path(p).resolve() for p in paths]
+    with locked(index_dir):
+        try:
+            store = IndexStore.load(index_dir, mmap=False)
+        except StoreError as e:
+            raise IngestError(str(e)) from e
+        report = IngestReport(str(index_dir))
+        report.removed = sorted(k for k in store.sources
+                                if any(Path(k) == t or t in Path(k).parents for t in targets))
+        missing = [str(t) for t in targets if not any(Path(k) == t or t in Path(k).parents for k in report.removed)]
+        if missing:
+            raise IngestError(f"not in the index at {index_dir}: {', '.join(missing)}")
+        if len(report.removed) == len(store.sources):
+            raise IngestError(f"removing {', '.join(map(str, paths))} would leave the index at {index_dir} empty")
+        store.remove_sources(report.removed)
+        store.manifest["last_ingest"] = {"removed": len(report.removed), "seconds": round(time.perf_counter() - t0, 2)}
+        store.save()
+        return _finish(report, store, t0)
+
+
+def _open_store(index_dir: Path, embedder, chunking: ChunkingConfig | None, index_type: str | None,
+                rebuild: bool) -> tuple[IndexStore, ChunkingConfig]:
+    """The index to update (checked against the embedder and chunking), or a new one."""
+    if IndexStore.exists(index_dir) and not rebuild:
+        try:
+            store = IndexStore.load(index_dir, mmap=False)
+        except StoreError as e:
+            raise IngestError(str(e)) from e
+        _check_compatible(store, embedder, chunking)
+        if index_type:
+            store.manifest["index"]["requested"] = index_type
+        return store, chunking or ChunkingConfig.from_dict(store.manifest["chunking"])
+    chunking = chunking or ChunkingConfig()
+    return IndexStore.create(index_dir, embedder.name, embedder.path, embedder.dim, chunking.as_dict(),
+                             index_type or "auto"), chunking
+
+
+def _embed(embedder, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    if not texts:
+        return np.zeros((0, embedder.dim), np.float32)
+    chunks = []
+    with tqdm(total=len(texts), desc="embedding", unit="passage", disable=not progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            chunks.append(embedder.encode(texts[i:i + batch_size]))
+            bar.update(len(chunks[-1]))
+    return np.concatenate(chunks)
+
+
+def _save(store: IndexStore, report: IngestReport, embedder, t0: float) -> None:
+    store.manifest["last_ingest"] = {"new_passages": report.new_passages, "embed_s": round(report.embed_s, 2),
+                                     "seconds": round(time.perf_counter() - t0, 2),
+                                     "embedder_backend": embedder.backend}
+    store.save()
+
+
+def _finish(report: IngestReport, store: IndexStore, t0: float) -> IngestReport:
+    report.total_passages = len(store)
+    report.index_type = store.manifest["index"]["type"]
+    report.total_s = time.perf_counter() - t0
+    return report
 
 
 def _check_compatible(store: IndexStore, embedder, chunking: ChunkingConfig | None) -> None:
@@ -219,6 +305,9 @@ def _check_compatible(store: IndexStore, embedder, chunking: ChunkingConfig | No
     if em["name"] != embedder.name or em["dim"] != embedder.dim:
         raise IngestError(f"{store.path} was built with embedder {em['name']} (dim {em['dim']}), not "
                           f"{embedder.name} (dim {embedder.dim}); use --rebuild to re-embed everything")
+    if store.manifest["chunking"].get("chunker") != CHUNKER:
+        raise IngestError(f"{store.path} was chunked by {store.manifest['chunking'].get('chunker')}, this version "
+                          f"chunks with {CHUNKER}; use --rebuild to re-chunk everything")
     if chunking is not None and store.manifest["chunking"] != chunking.as_dict():
         raise IngestError(f"{store.path} was built with chunking {store.manifest['chunking']}, not "
                           f"{chunking.as_dict()}; use --rebuild to re-chunk everything")

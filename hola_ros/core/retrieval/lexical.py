@@ -16,6 +16,8 @@ import numpy as np
 
 TOKENIZER = "terms-2-snowball"  # recorded in the manifest: the saved BM25 index depends on it
 K1, B = 1.5, 0.75
+SAME_WORD_PREFIX = 5  # a query word this long also finds the words that extend it (weigh -> weight) ...
+EXTENSION_LETTERS = 2  # ... by at most this many letters (a suffix, not another word: stand -/-> standard)
 _IDENTIFIER = re.compile(r"[a-z0-9]+(?:[-_/.][a-z0-9]+)+")
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset("""
@@ -122,6 +124,7 @@ class LexicalIndex:
         self.bm25 = bm25
         self.count = count
         self._doc_freq = None  # passages per term, from the BM25 matrix's column pointers
+        self._by_prefix = None  # first SAME_WORD_PREFIX letters -> the index's words that begin with them
 
     @classmethod
     def build(cls, texts: list[str]) -> "LexicalIndex":
@@ -145,6 +148,22 @@ class LexicalIndex:
         vocab = self.bm25.vocab_dict or {}
         return [t for t in dict.fromkeys(query_terms) if t in vocab]
 
+    def expand(self, query_terms: list[str]) -> list[str]:
+        """The query's terms and, for a word the index does not hold, the index's words that extend
+        it by a suffix (stems of one word that the stemmer keeps apart: "weigh" finds "Weight");
+        terms shorter than SAME_WORD_PREFIX letters, identifiers and numbers are matched exactly."""
+        if self._by_prefix is None:
+            self._by_prefix = {}
+            for term in self.bm25.vocab_dict or {}:
+                if len(term) >= SAME_WORD_PREFIX and term.isalpha():
+                    self._by_prefix.setdefault(term[:SAME_WORD_PREFIX], []).append(term)
+        out, vocab = list(query_terms), self.bm25.vocab_dict or {}
+        for t in query_terms:
+            if len(t) >= SAME_WORD_PREFIX and t.isalpha() and t not in vocab:
+                out += [v for v in self._by_prefix.get(t[:SAME_WORD_PREFIX], [])
+                        if v.startswith(t) and len(v) - len(t) <= EXTENSION_LETTERS]
+        return list(dict.fromkeys(out))
+
     def doc_share(self, term: str) -> float:
         """Share of the passages that contain `term` (0 for an unknown term)."""
         t = (self.bm25.vocab_dict or {}).get(term)
@@ -155,7 +174,7 @@ class LexicalIndex:
         return float(self._doc_freq[t]) / self.count
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        found = self.known(terms(query))
+        found = self.known(self.expand(terms(query)))
         if not found or self.count == 0:
             return []
         scores = np.asarray(self.bm25.get_scores(found), dtype=np.float32)

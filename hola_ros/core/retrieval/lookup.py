@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from . import lexical
 from .chunking import split_units
+from .prompting import cite
 
 
 @dataclass
@@ -67,7 +68,7 @@ def keyed_rows(passages) -> list[Row]:
             key = lexical.concepts(cells[0])
             if len(key) == 1 and key[0] in lexical.identifiers(cells[0]) and key[0][0].isalpha():
                 seen.add((p.source, unit.text))
-                rows.append(Row(key[0], _cells(parts.headers[unit.table][0]), cells, p.source, p.text))
+                rows.append(Row(key[0], _cells(parts.headers[unit.table][0]), cells, cite(p), p.text))
     return rows
 
 
@@ -92,7 +93,6 @@ def row_answer(question: str, passages) -> LookedUp | None:
 
 
 _FAQ_ENTRY = re.compile(r"^\*\*(?P<question>[^*\n]+\?)\*\*[ \t]*(?P<answer>\S.*)$", re.MULTILINE)
-SAME_WORD_PREFIX = 5  # letters two terms must share to count as one word (charg-ing, charg-ers)
 
 
 @dataclass
@@ -108,7 +108,7 @@ def faq_entries(passages) -> list[FaqEntry]:
     for p in passages:
         if not p.trimmed:
             for m in _FAQ_ENTRY.finditer(p.text):
-                found.setdefault((p.source, m["question"]), FaqEntry(m["question"].strip(), m["answer"].strip(), p.source))
+                found.setdefault((cite(p), m["question"]), FaqEntry(m["question"].strip(), m["answer"].strip(), cite(p)))
     return list(found.values())
 
 
@@ -117,9 +117,9 @@ def _question_words(text: str) -> set[str]:
 
 
 def _covered(term: str, known: set[str]) -> bool:
-    # a shorter known term cannot share SAME_WORD_PREFIX letters with it
-    return term in known or (len(term) >= SAME_WORD_PREFIX and any(
-        k[:SAME_WORD_PREFIX] == term[:SAME_WORD_PREFIX] for k in known))
+    # a shorter known term cannot share lexical.SAME_WORD_PREFIX letters with it
+    return term in known or (len(term) >= lexical.SAME_WORD_PREFIX and any(
+        k[:lexical.SAME_WORD_PREFIX] == term[:lexical.SAME_WORD_PREFIX] for k in known))
 
 
 def _asks(entry: FaqEntry, question: str) -> bool:

@@ -42,8 +42,15 @@ ANSWER_STOPS = ("\nQuestion:", "\nDocuments:", "\n\n\n")
 _SOURCE_TAG = re.compile(r"\[[^\s\[\]]+\]")
 
 
+def cite(p) -> str:
+    """A passage's source as answers name it: the file, and the page of a PDF (`guide.pdf#page=3`,
+    the fragment PDF viewers open at)."""
+    page = getattr(p, "page", 0)
+    return f"{p.source}#page={page}" if page else p.source
+
+
 def format_passage(p) -> str:
-    return f"[{p.source}]\n{p.text}\n\n"
+    return f"[{cite(p)}]\n{p.text}\n\n"
 
 
 def context_block(passages) -> str:
@@ -124,6 +131,14 @@ def unknown_codes_answer(codes) -> str:
     return f"{NOT_IN_DOCUMENTS} No document mentions {named}."
 
 
+def documents_unavailable_answer(reason: str) -> str:
+    """The answer to a question the documents could not be consulted for (retriever down, failing or
+    late): said plainly, instead of an answer from the model's memory that would read as grounded."""
+    why = f" ({reason})" if reason else ""
+    return (f"The documents could not be consulted{why}, so this question was not answered from them. "
+            "Ask again in a moment.")
+
+
 def follow_up_messages(question: str, passages) -> list[dict]:
     """Prompt asking the target model for a follow-up search query (level 2)."""
     return [{"role": "user", "content":
@@ -152,4 +167,4 @@ def source_note(answer: str, passages) -> str:
     said = set(terms(answer))
     overlap = [len(said & set(terms(p.text))) for p in passages]
     best = max(range(len(passages)), key=lambda i: (overlap[i], -i))
-    return f" [{passages[best].source}]" if overlap[best] else ""
+    return f" [{cite(passages[best])}]" if overlap[best] else ""
