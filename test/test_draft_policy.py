@@ -51,3 +51,11 @@ def test_level_1_stops_drafting_when_one_more_token_no_longer_pays():
     p = policy(l1_row_s=0.02)
     assert p.keep_drafting([0.95, 0.95], draft_s=0.04)
     assert not p.keep_drafting([0.3, 0.1], draft_s=0.04)
+
+
+def test_an_exploring_level_1_proposes_at_least_one_token_so_its_estimate_refreshes():
+    p = policy(l1_row_s=0.1)
+    assert p.l1_prefix([0.2, 0.1], [0.1, 0.2]) == 0  # not worth proposing...
+    assert p.l1_prefix([0.2, 0.1], [0.1, 0.2], exploring=True) == 1  # ...but the verdict is what exploring buys
+    plans = [p.plan([], 8, unread=1) for _ in range(EXPLORE_EVERY)]
+    assert plans[-1].level == "l1" and plans[-1].exploring and not any(x.exploring for x in plans[:-1])

@@ -73,6 +73,7 @@ class Rate:
 class Plan:
     level: str  # "none", "l0", "l1", "cascade"
     l0_tokens: int = 0  # copy tokens to propose (l0) or to have level 1 check (cascade)
+    exploring: bool = False  # level 1 drafts although its estimate says it does not pay: propose at least one
 
 
 class DraftPolicy:
@@ -148,7 +149,7 @@ class DraftPolicy:
         if self.l1 is not None and plan.level in ("none", "l0"):
             self.idle += 1
             if not k0 and self.idle >= EXPLORE_EVERY:
-                plan = Plan("l1")
+                plan = Plan("l1", exploring=True)
         if plan.level in ("l1", "cascade"):
             self.idle = 0
         return plan
@@ -161,9 +162,12 @@ class DraftPolicy:
         now = self.value(rates, draft_s)
         return self.value(rates + [self.l1_rate.value], draft_s + self.l1.row_s) > now
 
-    def l1_prefix(self, rates: list[float], draft_s: list[float]) -> int:
+    def l1_prefix(self, rates: list[float], draft_s: list[float], exploring: bool = False) -> int:
         """How many of level 1's drafted tokens to propose: the prefix with the best rate
-        (`draft_s[k]`: seconds spent when token k was drafted)."""
+        (`draft_s[k]`: seconds spent when token k was drafted); at least one when exploring, so the
+        target's verdict refreshes level 1's estimates."""
+        if exploring and rates:
+            return max(1, self.l1_prefix(rates, draft_s))
         if not self.adaptive or not rates:
             return len(rates)
         values = [self.value(rates[:k], draft_s[k - 1] if k else 0.0) for k in range(len(rates) + 1)]

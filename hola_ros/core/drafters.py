@@ -172,13 +172,14 @@ class LocalDrafter:
                 entropies = [float("nan")] * len(tokens)
             elif plan.level in ("l1", "cascade") and req.model is not None:
                 checked = plan.l0_tokens if plan.level == "cascade" else 0
-                tokens, sources, entropies = self._model_stage(req, copy[:checked], orders[:checked], max_tokens)
+                tokens, sources, entropies = self._model_stage(req, copy[:checked], orders[:checked], max_tokens,
+                                                               plan.exploring)
         req.proposed, req.sources = tokens, sources
         total = time.perf_counter() - t0
         return DraftProposal(tokens=tokens, levels=[1 if kind == "l1" else 0 for kind, _ in sources],
                              entropies=entropies, draft_s=total, level_s=[l0_s, total - l0_s])
 
-    def _model_stage(self, req: _Request, copy: list[int], orders: list[int], k: int):
+    def _model_stage(self, req: _Request, copy: list[int], orders: list[int], k: int, exploring: bool = False):
         """Level 1: check the level-0 `copy` (the cascade) and draft on, one token per step, while
         the policy expects the block's rate to rise; the best prefix is proposed."""
         st, policy = req.model, req.policy
@@ -208,7 +209,7 @@ class LocalDrafter:
             logits = st.feed([tok])[-1]
             if policy.l1 is not None:
                 policy.l1.observe(1, time.perf_counter() - t1)
-        keep = max(agreed, policy.l1_prefix(rates, spent))
+        keep = max(agreed, policy.l1_prefix(rates, spent, exploring))
         return tokens[:keep], sources[:keep], entropies[:keep]
 
 

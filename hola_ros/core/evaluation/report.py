@@ -41,7 +41,7 @@ def draft_sweep(target, prompts: list[list[int]], make_drafter, lengths=(1, 2, 4
         acc = prop = toks = 0
         secs = 0.0
         for i, ids in enumerate(prompts):
-            cfg = GenerationConfig(max_new_tokens=max_new_tokens, draft_len=k, draft_len_min=1,
+            cfg = GenerationConfig(max_new_tokens=max_new_tokens, draft_len=k,
                                    draft_len_max=max(k, 16), adaptive_draft=False)
             res = generate(target, ids, cfg, drafter=make_drafter(), request_id=f"sweep{k}-{i}")
             p = sum(res.stats["proposed_per_level"].values())
