@@ -40,6 +40,11 @@ class ChatTokenizer:
         self.eos_token_id = self.convert_tokens_to_ids(self.eos_token) if self.eos_token else None
         self._template = None
 
+    @property
+    def backend_tokenizer(self):
+        """The `tokenizers` object (as transformers' fast tokenizers name it)."""
+        return self._tok
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
