@@ -54,10 +54,11 @@ class ChatTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True):
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None):
         if not self.chat_template:
             raise TokenizerError("this tokenizer has no chat template")
-        text = self._compiled().render(messages=messages, add_generation_prompt=add_generation_prompt,
+        text = self._compiled().render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
                                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         return self.encode(text) if tokenize else text
 
