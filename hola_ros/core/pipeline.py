@@ -121,7 +121,7 @@ def _generate(request: GenerationRequest, target, messages: list[dict], grounded
         conversation.asked = messages[-1]["content"]
     elif request.system_prompt:
         messages = turn_messages(messages, request.system_prompt)
-    prompt_ids = target.chat_ids(messages, tools)
+    prompt_ids = target.chat_ids(messages, tools) if tools else target.chat_ids(messages)
     if len(prompt_ids) >= target.context_length:
         raise PromptTooLong(f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
                             f"included); the model's context holds {target.context_length}")
@@ -138,10 +138,15 @@ def _generate(request: GenerationRequest, target, messages: list[dict], grounded
 
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
                       request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped,
-                      cache=prompt_cache, cache_key=conversation.cache_key if conversation is not None else None,
-                      constraint=constraint)
+                      cache=prompt_cache, **_turn_options(conversation, constraint))
     stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
     return result, stop_reason
+
+
+def _turn_options(conversation, constraint) -> dict:
+    """generate()'s conversation and constraint arguments, where there are some."""
+    options = {"cache_key": conversation.cache_key} if conversation is not None else {}
+    return {**options, "constraint": constraint} if constraint is not None else options
 
 
 def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) -> bool:
