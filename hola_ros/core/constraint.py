@@ -112,25 +112,18 @@ class Constraint:
 
         t0 = time.perf_counter()
         allowed = np.empty((len(rows), self._words), dtype=np.int32)
-        consumed = 0
+        # the draft is walked on a copy: after consuming a draft and rolling it back, the matcher once
+        # refused a later token its own mask had allowed (SmolLM2 writing a tool call with HSD)
+        matcher = self._matcher.deep_copy() if draft else self._matcher
         for i in range(len(rows)):
-            self._fill(allowed[i])
-            if i < len(draft):
-                if not self._matcher.consume_token(int(draft[i])):
-                    raise ConstraintError(f"draft token {draft[i]} refused after cut: {self._matcher.get_error()}")
-                consumed += 1
-        if consumed:
-            self._matcher.rollback(consumed)
+            _fill(matcher, allowed[i])
+            if i < len(draft) and not matcher.consume_token(int(draft[i])):
+                raise ConstraintError(f"draft token {draft[i]} refused after cut: {matcher.get_error()}")
         bits = np.unpackbits(allowed.view(np.uint8), axis=1, bitorder="little")[:, :rows.shape[1]].astype(bool)
         masked = np.where(bits, rows, -np.inf).astype(rows.dtype, copy=False)
         self.mask_s += time.perf_counter() - t0
         self.masks += len(rows)
         return masked
-
-    def _fill(self, target: np.ndarray) -> None:
-        self._matcher.unsafe_compute_mask_ptr(target.ctypes.data, target.nbytes)
-        if self._matcher.is_error():
-            raise ConstraintError(self._matcher.get_error())
 
     def advance(self, tokens: list[int]) -> None:
         """Commit generated tokens (an EOS the grammar allowed included)."""
@@ -146,3 +139,10 @@ class Constraint:
     def stats(self) -> dict:
         return {"kind": self.kind, "complete": self.complete, "masks": self.masks,
                 "mask_s": round(self.mask_s, 6), "cut_draft_tokens": self.cut_tokens}
+
+
+def _fill(matcher, target: np.ndarray) -> None:
+    """The matcher's next-token mask written into `target` (one bit per token)."""
+    matcher.unsafe_compute_mask_ptr(target.ctypes.data, target.nbytes)
+    if matcher.is_error():
+        raise ConstraintError(matcher.get_error())
