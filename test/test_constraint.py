@@ -216,3 +216,31 @@ def test_constrained_greedy_hsd_equals_constrained_greedy_ar_on_the_served_defau
         else:  # the n-gram drafter copies the tool's name and CD-5 from the prompt
             assert parse_calls(runs[0].text, tools)[0].arguments == {"destination": "CD-5"}
             assert runs[1].stats["target_forwards"] < runs[0].stats["target_forwards"]
+
+
+def test_the_matching_table_row_is_named_only_when_one_row_matches_best():
+    from hola_ros.core.retrieval.adacomp import Passage
+    from hola_ros.core.structured import matching_rows
+
+    table = Passage("# Charging docks\n| Dock | Location | Notes |\n|---|---|---|\n"
+                    "| CD-4 | east end of aisle C8 | standard charger (20 A) |\n"
+                    "| CD-5 | maintenance bay (Zone M), left bay | standard charger; used for battery conditioning |",
+                    "02-charging-docks.md", 0.5)
+    rows = matching_rows("Go charge at the dock used for battery conditioning.", [table])
+    assert len(rows) == 1 and "| CD-5 |" in rows[0] and rows[0].startswith("| Dock |")
+    assert matching_rows("Charge at a standard charger.", [table]) == []  # two rows tie: no hint
+    assert matching_rows("Emergency stop now!", [table]) == []
+
+
+def test_command_eval_judges_calls_by_value_and_reads_unconstrained_json_generously():
+    from hola_ros.core.evaluation.commands import intended, lenient_calls
+
+    expect = {"name": "set_speed_limit", "arguments": {"max_speed_mps": 1}}
+    assert intended([{"name": "set_speed_limit", "arguments": {"max_speed_mps": 1.0}}], expect)
+    assert not intended([{"name": "set_speed_limit", "arguments": {"max_speed_mps": 1.2}}], expect)
+    assert not intended([{"name": "set_speed_limit", "arguments": {"max_speed_mps": 1}}] * 2, expect)
+    tools = json.dumps(TOOLS)
+    fenced = 'Sure:\n```json\n{"name": "lift", "arguments": {"height_mm": 20}}\n```'
+    assert lenient_calls(fenced, tools) == [{"name": "lift", "arguments": {"height_mm": 20}}]
+    assert lenient_calls('{"name": "lift", "arguments": {"height_mm": 200}}', tools) == []  # out of range
+    assert lenient_calls('{"name": "fly", "arguments": {}}', tools) == []

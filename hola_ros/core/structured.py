@@ -26,8 +26,31 @@ def _messages(request, passages: list, tools) -> list[dict]:
         rules = f"{COMMAND_RULES} {SCHEMA_RULE}\n{request.json_schema}"
     else:
         rules = COMMAND_RULES if tools else f"{COMMAND_RULES} {FORMAT_RULE}"
-    user = f"Documents:\n{context_block(passages)}\n\nRequest: {request.prompt}" if passages else request.prompt
+    rows = matching_rows(request.prompt, passages)
+    hint = "".join(f"\n\nThe row that matches the request:\n{row}" for row in rows)
+    user = f"Documents:\n{context_block(passages)}{hint}\n\nRequest: {request.prompt}" if passages else request.prompt
     return [{"role": "system", "content": rules}, {"role": "user", "content": user}]
+
+
+def matching_rows(request: str, passages: list) -> list[str]:
+    """The table row of the passages that shares the most terms with the request (at least two, and
+    no other row as many), under its header: the 0.5B, given the charging docks' table, answered
+    "Go charge at the dock used for battery conditioning" with the table's last dock (tune half)."""
+    from hola_ros.core.retrieval.chunking import split_units
+    from hola_ros.core.retrieval.lexical import terms
+
+    asked = set(terms(request))
+    scored = []
+    for p in passages:
+        parts = split_units(p.text)
+        for unit in parts.units:
+            if unit.table is not None:
+                shared = len(asked & set(terms(unit.text)))
+                scored.append((shared, f"{parts.headers[unit.table][0]}\n{unit.text}"))
+    scored.sort(key=lambda s: -s[0])
+    if not scored or scored[0][0] < 2 or len(scored) > 1 and scored[1][0] == scored[0][0]:
+        return []
+    return [scored[0][1]]
 
 
 def _template_renders_tools(target) -> bool:
@@ -45,14 +68,16 @@ def _constraint(request, target, tools) -> Constraint:
     return Constraint(target, "lark", tool_grammar(tools, request.tool_choice, special_tags=single))
 
 
-def answer_structured(request, target, passages: list, stats: dict, emit, run: dict, started: float) -> Outcome:
+def answer_structured(request, target, passages: list, stats: dict, emit, run: dict, started: float,
+                      constrained: bool = True) -> Outcome:
     """The constrained answer of `request` (request.structured) after retrieval found `passages`;
-    `run`: pipeline._generate's keyword arguments."""
+    `run`: pipeline._generate's keyword arguments. constrained=False: the same prompt decoded
+    freely and checked the same way (what `hola-ros eval commands` sets beside it)."""
     from hola_ros.core.pipeline import PromptTooLong, _generate
 
     tools = parse_tools(request.tools) if request.tools and request.tool_choice != "none" else None
     try:
-        constraint = _constraint(request, target, tools)
+        constraint = _constraint(request, target, tools) if constrained else None
     except (ConstraintError, ToolError) as exc:
         return Outcome(False, f"invalid request: {exc}", stats={**stats, "stop_reason": "error"})
     messages = _messages(request, passages, tools)
@@ -74,7 +99,7 @@ def answer_structured(request, target, passages: list, stats: dict, emit, run: d
     text = result.text
     if stop_reason == "cancelled":
         return Outcome(False, "cancelled", text=text, stats=stats)
-    if not constraint.complete:
+    if constraint is not None and not constraint.complete:
         return Outcome(False, f"the constrained answer was not complete after {len(result.token_ids)} tokens "
                               f"(stop reason {stop_reason}; raise max_new_tokens): not returned as valid",
                        text=text, stats=stats)
@@ -82,6 +107,8 @@ def answer_structured(request, target, passages: list, stats: dict, emit, run: d
         calls = parse_calls(text, tools) if tools else []
         if request.json_schema:
             _validate_json(text, request.json_schema)
+        if tools and request.tool_choice == "required" and not calls:
+            raise ToolError("no tool call")
     except (ToolError, ValueError) as exc:
         return Outcome(False, f"the answer does not validate: {exc}", text=text, stats=stats)
     stats["tool_calls"] = len(calls)

@@ -95,7 +95,8 @@ def tool_grammar(tools: list[Tool], choice: str, special_tags: bool) -> str:
     if choice not in ("auto", "required"):
         raise ToolError(f"no grammar for tool_choice {choice!r}")
     open_tag, close_tag = (OPEN, CLOSE) if special_tags else (json.dumps(OPEN), json.dumps(CLOSE))
-    lines = ["start: " + " | ".join(["call", "args"] + (["TEXT"] if choice == "auto" else [])),
+    body = " | ".join(["call", "args"] + (["TEXT"] if choice == "auto" else []))
+    lines = [f"start: {body}",
              f'call: {open_tag} "\\n" args "\\n" {close_tag}',
              "args: " + " | ".join(f"args_{i}" for i in range(len(tools)))]
     lines += [f"args_{i}: %json {json.dumps(_call_schema(t))}" for i, t in enumerate(tools)]
