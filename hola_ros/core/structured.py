@@ -16,7 +16,8 @@ from hola_ros.core.scheduler import Outcome
 from hola_ros.core.tools import OPEN, ToolError, parse_calls, parse_tools, tool_grammar, tools_prompt
 
 COMMAND_RULES = ("You turn requests into actions of the robots at the site. The documents given with the request "
-                 "describe the site: use them to resolve places, docks and codes, and copy names exactly.")
+                 "describe the site: use them to resolve places, docks and codes, and copy names exactly. Arguments "
+                 "are bare names and numbers (B7, CD-5, Zone M, E-214, 0.8), times in seconds.")
 SCHEMA_RULE = "Reply with one JSON value that follows this JSON Schema:"
 FORMAT_RULE = "Reply only with what the request asks for, in the format it asks for."
 
