@@ -244,3 +244,28 @@ def test_command_eval_judges_calls_by_value_and_reads_unconstrained_json_generou
     assert lenient_calls(fenced, tools) == [{"name": "lift", "arguments": {"height_mm": 20}}]
     assert lenient_calls('{"name": "lift", "arguments": {"height_mm": 200}}', tools) == []  # out of range
     assert lenient_calls('{"name": "fly", "arguments": {}}', tools) == []
+
+
+@pytest.mark.parametrize("fields, error", [
+    ({"json_schema": "{"}, "json_schema is not valid JSON"),
+    ({"json_schema": "[1]"}, "must be a JSON object"),
+    ({"json_schema": '{"type": 5}'}, "not a valid JSON Schema"),
+    ({"tools": '[{"name": "lift", "parameters": {"type": "array"}}]'}, "JSON Schema of an object"),
+    ({"json_schema": "{}", "grammar": "start: \"a\""}, "at most one"),
+    ({"grammar": "start: \"a\"", "stop": ["x"]}, "stop strings cannot be combined"),
+    ({"grammar": "a", "grammar_syntax": "ebnf"}, "unknown grammar_syntax"),
+    ({"tools": json.dumps(TOOLS), "tool_choice": "always"}, "unknown tool_choice"),
+    ({"session_id": "s" * 200}, "session_id"),
+])
+def test_structured_request_fields_are_checked_with_a_clear_error(fields, error):
+    from types import SimpleNamespace
+
+    from hola_ros.core.requests import Limits, RequestError, validate_request
+
+    msg = dict(prompt="Go.", request_id="", max_new_tokens=-1, temperature=0.0, top_p=1.0, top_k=0, seed=-1,
+               retrieval_mode="off", decoding_mode="hsd", stop=[])
+    with pytest.raises(RequestError, match=error):
+        validate_request(SimpleNamespace(**{**msg, **fields}), Limits())
+    ok = validate_request(SimpleNamespace(**{**msg, "tools": json.dumps(TOOLS), "tool_choice": "none", "stop": ["x"]}),
+                          Limits())
+    assert not ok.structured and ok.stop == ("x",)  # tools ignored: a plain answer may stop on a string
