@@ -269,3 +269,16 @@ def test_structured_request_fields_are_checked_with_a_clear_error(fields, error)
     ok = validate_request(SimpleNamespace(**{**msg, "tools": json.dumps(TOOLS), "tool_choice": "none", "stop": ["x"]}),
                           Limits())
     assert not ok.structured and ok.stop == ("x",)  # tools ignored: a plain answer may stop on a string
+
+
+@pytest.mark.parametrize("kind, source", [("gbnf", 'root ::= "CD-" [1-6]'), ("lark", 'start: "CD-" /[1-6]/'),
+                                          ("regex", "CD-[1-6]")])
+def test_grammars_in_each_syntax_constrain_the_answer(kind, source):
+    import re
+
+    m = default_model()
+    request = GenerationRequest(prompt="Which dock conditions batteries?", request_id="g", max_new_tokens=8,
+                                retrieval_mode="off", grammar=source, grammar_syntax=kind)
+    outcome = answer(request, m)
+    assert outcome.success, outcome.error
+    assert re.fullmatch(r"CD-[1-6]", outcome.text) and outcome.stats["structured"] == "grammar"

@@ -61,7 +61,8 @@ def ll_tokenizer(model):
 
 def grammar_text(kind: str, source) -> str:
     """llguidance's grammar for `source` of `kind` (json_schema: a dict or its JSON text)."""
-    from llguidance import LLMatcher, gbnf_to_lark
+    from llguidance import LLMatcher
+    from llguidance.gbnf_to_lark import gbnf_to_lark
 
     if kind == "json_schema":
         schema = json.loads(source) if isinstance(source, str) else source
