@@ -170,7 +170,7 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
                       should_stop=should_stop, generation_options=generation_options, general_prompt=general_prompt,
                       document_lookup=document_lookup, prompt_cache=prompt_cache, conversation=conversation)
     if conversation is not None and outcome.success:
-        conversation.last_turn = (getattr(conversation, "asked", None) or request.prompt,
+        conversation.last_turn = (conversation.asked or request.prompt,
                                   outcome.stats.pop("turn_text", outcome.text))
     outcome.stats.pop("turn_text", None)
     return outcome
