@@ -10,6 +10,7 @@ the verifier's hola/telemetry), so it needs nothing a plain ROS client lacks. Ev
 exactly one Answer: the verifier's, or a clear failure when the service does not appear, the
 deadline passes (the request is then cancelled on the verifier) or the verifier falls silent.
 """
+import json
 import queue
 import threading
 import time
@@ -28,7 +29,8 @@ from hola_ros.srv import Ask, Cancel, Documents
 
 TICK_S = 0.1
 FINAL_CHUNK_GRACE_S = 5.0   # the final chunk is published before the service answer; allow for reordering
-ASK_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "retrieval_mode", "decoding_mode", "stop")
+ASK_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "retrieval_mode", "decoding_mode", "stop",
+              "session_id", "system_prompt", "json_schema", "grammar", "grammar_syntax", "tools", "tool_choice")
 
 
 @dataclass
@@ -40,6 +42,12 @@ class Answer:
     stats: dict = field(default_factory=dict)
     chunks: int = 0            # streamed chunks received, the final one included
     timed_out: bool = False    # no answer before the deadline (or the service never appeared)
+    tool_calls: list = field(default_factory=list)  # [{"name": ..., "arguments": {...}}]: validated calls
+
+
+def _as_json_text(value):
+    """Ask fields that carry JSON take it as text or as Python data."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class VerifierLiveness:
@@ -160,10 +168,15 @@ class HolaClient:
             **fields) -> PendingAnswer:
         """Send `prompt` once the graph is ready (within the timeout). `fields`: the other Ask
         request fields (max_new_tokens, temperature, top_p, top_k, seed, retrieval_mode,
-        decoding_mode, stop). `on_delta(text)` is called for each streamed piece."""
+        decoding_mode, stop, session_id, system_prompt, json_schema, grammar, grammar_syntax, tools,
+        tool_choice; json_schema and tools also as Python data). `on_delta(text)` is called for each
+        streamed piece."""
         unknown = sorted(set(fields) - set(ASK_FIELDS))
         if unknown:
             raise TypeError(f"unknown Ask field(s) {', '.join(unknown)}; known: {', '.join(ASK_FIELDS)}")
+        for name in ("json_schema", "tools"):
+            if name in fields:
+                fields[name] = _as_json_text(fields[name])
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         msg = Ask.Request(prompt=prompt, request_id=request_id or uuid.uuid4().hex, **fields)
@@ -288,7 +301,8 @@ class HolaClient:
     def _answer(self, request: _Request) -> Answer:
         r = request.response
         chunks = len(request.deltas) + (1 if request.final_seen else 0)
-        return Answer(r.success, r.error, r.request_id, r.text, msg_to_dict(r.stats), chunks)
+        calls = [{"name": c.name, "arguments": json.loads(c.arguments_json or "{}")} for c in r.tool_calls]
+        return Answer(r.success, r.error, r.request_id, r.text, msg_to_dict(r.stats), chunks, tool_calls=calls)
 
     def _finish(self, request: _Request, answer: Answer) -> None:
         with self._lock:

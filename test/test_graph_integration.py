@@ -207,3 +207,69 @@ def test_drafter_killed_mid_generation_answer_still_arrives_and_hsd_resumes_afte
     time.sleep(2.0)  # the verifier's own client discovers the service independently of ours
     again = ask(graph, prompt="Say hello to the operator.", max_new_tokens=12, retrieval_mode="off")
     assert again.success and not again.stats.degraded and again.stats.decoding_mode == "hsd"
+
+
+# ---- conversations, tool calls and the skill bridge (issue 23) ------------------------------------
+def test_a_three_turn_conversation_over_the_service_prefills_only_each_new_turn(graph):
+    turns = ["My robot is called Tern-7. Say OK.", "Where do robots charge?", "What is my robot called?"]
+    stats = []
+    for text in turns:
+        response = ask(graph, prompt=text, session_id="conv-1", max_new_tokens=16, retrieval_mode="off")
+        assert response.success, response.error
+        stats.append({"prompt": response.stats.prompt_tokens, **json.loads(response.stats.detail_json)})
+    assert [s["session"]["turns"] for s in stats] == [1, 2, 3]
+    assert stats[0]["prompt"] < stats[1]["prompt"] < stats[2]["prompt"]  # each turn carries the earlier ones
+    for before, now in zip(stats, stats[1:]):  # the earlier turns' KV state is reused: only the new turn is prefilled
+        assert now["reused_prompt_tokens"] >= before["prompt"]
+    other = ask(graph, prompt="What is my robot called?", session_id="conv-2", max_new_tokens=8, retrieval_mode="off")
+    assert other.success and json.loads(other.stats.detail_json)["session"]["turns"] == 1  # sessions are apart
+
+
+def _robot_tools():
+    from hola_ros.package_data import require_package_file
+
+    return require_package_file("data/kb_eval/robot_tools.json").read_text()
+
+
+def test_a_tool_request_returns_a_validated_call_in_its_own_field(graph):
+    from jsonschema import validate
+
+    tools = {t["name"]: t for t in json.loads(_robot_tools())}
+    response = ask(graph, prompt="Go charge at the dock used for battery conditioning.", tools=_robot_tools(),
+                   tool_choice="required", max_new_tokens=64)
+    assert response.success, response.error
+    assert len(response.tool_calls) == 1 and response.tool_calls[0].name in tools
+    validate(json.loads(response.tool_calls[0].arguments_json), tools[response.tool_calls[0].name]["parameters"])
+    detail = json.loads(response.stats.detail_json)
+    assert detail["structured"] == "tools" and detail["constraint"]["complete"] and detail["tool_calls"] == 1
+    bad = ask(graph, prompt="Go.", tools="[{\"name\": \"go to\"}]")
+    assert not bad.success and "identifier" in bad.error
+
+
+def test_the_skill_bridge_sends_the_validated_call_as_an_action_goal(graph):
+    from rclpy.action import ActionServer
+    from rclpy.parameter import Parameter
+
+    from hola_ros.action import Skill
+    from hola_ros.examples.skill_bridge import SkillBridge
+
+    goals = []
+
+    def run_skill(handle):  # the stand-in skill server: accepts every call and says what it got
+        goals.append((handle.request.name, json.loads(handle.request.arguments_json)))
+        handle.succeed()
+        return Skill.Result(success=True, message=f"ran {handle.request.name}")
+
+    servers = [ActionServer(graph.node, Skill, f"skills/{t['name']}", run_skill) for t in json.loads(_robot_tools())]
+    bridge = SkillBridge(context=graph.context, parameter_overrides=[
+        Parameter("request", value="Raise the lift to 40 mm."), Parameter("timeout_s", value=240.0)])
+    graph.executor.add_node(bridge)
+    try:
+        success, message, call = wait_future(bridge.done, 300)
+        assert success, message
+        assert goals == [(call["name"], call["arguments"])] and message == f"ran {call['name']}"
+    finally:
+        graph.executor.remove_node(bridge)
+        bridge.destroy_node()
+        for server in servers:
+            server.destroy()

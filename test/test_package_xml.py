@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # rosdep keys of rosdistro's rosdep/python.yaml for the libraries the code imports
 ROSDEP_KEYS = {"yaml": "python3-yaml", "psutil": "python3-psutil", "numpy": "python3-numpy", "tqdm": "python3-tqdm",
                "matplotlib": "python3-matplotlib", "transformers": "python3-transformers-pip",
-               "onnxruntime": "python3-onnxruntime-pip"}
+               "onnxruntime": "python3-onnxruntime-pip", "jsonschema": "python3-jsonschema"}
 NOT_ON_PIP_MACHINES = {"launch", "launch_ros"}        # ROS packages from a ROS install only
-OPTIONAL = {"tensorrt", "jtop", "llama_cpp"}          # imported only where present (guarded)
+OPTIONAL = {"tensorrt", "jtop", "llama_cpp", "xgrammar"}  # imported only where present (guarded)
 
 
 def imported_modules() -> set[str]:

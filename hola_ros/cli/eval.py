@@ -2,6 +2,8 @@
 ARC, resumable (one JSON line per sample in <out>/results.jsonl)."""
 import argparse
 
+from hola_ros.cli._eval_commands import add_arguments as add_commands_arguments
+from hola_ros.cli._eval_commands import run_commands
 from hola_ros.cli._eval_kb import KB_CONFIG_HELP, run_kb
 from hola_ros.cli._eval_kb import add_arguments as add_kb_arguments
 from hola_ros.package_data import gsm8k_train
@@ -17,8 +19,9 @@ def register(subparsers) -> None:
                                           "process (so peak RSS is its own); rerunning the same command resumes. "
                                           "`eval kb`: answer accuracy, retrieval recall, context tokens, latency and "
                                           "levels per retrieval configuration over a document index "
-                                          "(docs/retrieval.md).")
-    p.add_argument("task", choices=("gsm8k", "arc", "kb"))
+                                          "(docs/retrieval.md). `eval commands`: tool-call validity and intended-call accuracy on "
+                                          "the command dev set, constrained and unconstrained (docs/constraints.md).")
+    p.add_argument("task", choices=("gsm8k", "arc", "kb", "commands"))
     p.add_argument("--data", required=True, help="GSM8K-format JSONL (question, answer '#### n'), ARC JSONL, or KB "
                                                  "questions (data/kb_eval/questions.jsonl)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N items")
@@ -44,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object: configuration -> figures")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     add_kb_arguments(p)
+    add_commands_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -152,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.task == "kb":
         return run_kb(args)
+    if args.task == "commands":
+        return run_commands(args)
     from hola_ros.core.evaluation import runner
 
     try:

@@ -102,11 +102,13 @@ class _TargetClock:
 
 def generate(target, prompt_ids: list[int], config: GenerationConfig | None = None, drafter=None,
              request_id: str = "r0", on_block: Callable[[list[int], str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, cache=None, cache_key: str | None = None
-             ) -> GenerationResult:
+             should_stop: Callable[[], bool] | None = None, cache=None, cache_key: str | None = None,
+             constraint=None) -> GenerationResult:
     """Generate from `target` (models.LoadedModel) after `prompt_ids`; see the module doc.
     `cache` (kvcache.PromptCache of this target): start from the longest prefix of the prompt it
-    holds (the entry `cache_key` names, for a conversation) and hand the session back at the end."""
+    holds (the entry `cache_key` names, for a conversation) and hand the session back at the end.
+    `constraint` (constraint.Constraint, fresh): only tokens its grammar allows are drafted and
+    emitted; the target's rows are masked before verification, so greedy stays plain decoding's."""
     cfg = config or GenerationConfig()
     cfg.validate()
     prompt_ids = [int(t) for t in prompt_ids]
@@ -131,6 +133,8 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         drafter = LocalDrafter(ngram=True)
     if cfg.mode == "ar":
         drafter = None
+    if constraint is not None and cfg.stop:
+        raise ValueError("stop strings cannot be combined with a constraint: the grammar decides where the output ends")
 
     c = _Counters()
     degraded = False
@@ -180,13 +184,20 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
                     drafter, degraded = None, True
                     flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
                 c.draft_s += time.perf_counter() - t0
+            if constraint is not None:
+                draft = constraint.cut(draft)
+                levels, ents = levels[:len(draft)], ents[:len(draft)]
             t0 = time.perf_counter()
             rows = session.forward([last] + draft)
             clock.observe(1 + len(draft), time.perf_counter() - t0)
             if cfg.ignore_eos and target.eos_token_ids:
                 rows = np.array(rows)  # the engine's buffer may be read-only
                 rows[:, sorted(target.eos_token_ids)] = -np.inf
+            if constraint is not None:
+                rows = constraint.mask(rows, draft)
             accepted, nxt, gated = _verify(rows, draft, ents, cfg, greedy, gen)
+            if constraint is not None:
+                constraint.advance(draft[:accepted] + [nxt])
             session.rollback(session.length - len(draft) + accepted)
             c.verify_s += time.perf_counter() - t0
             c.blocks += 1
@@ -264,6 +275,10 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
         "sampling": "greedy" if greedy else "rejection",
         "flags": flags,
     }
+    if constraint is not None:
+        stats["constraint"] = constraint.stats()
+        if not constraint.complete:
+            flags.append("constraint_incomplete")
     return GenerationResult(text=stream.text, token_ids=out, stop_reason=stop_reason, stats=stats)
 
 

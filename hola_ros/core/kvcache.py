@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+ANONYMOUS = "prefix-"  # entries kept for their shared prefix; the others are named by their caller
 MIN_SHARED = 16  # a shared prefix shorter than this is not worth an entry or a copy
 
 
@@ -66,7 +67,7 @@ class PromptCache:
                 return self.model.new_session(), 0
             entry = self._entries[name]
             self._entries.move_to_end(name)
-            if shared < len(entry.tokens) and key is None:
+            if shared < len(entry.tokens) and key is None and name.startswith(ANONYMOUS):  # a conversation's stays whole
                 entry.session.rollback(shared)
                 del entry.tokens[shared:]
                 compact = entry.session.fork()  # sized to the shared part, not to the old request
@@ -100,7 +101,7 @@ class PromptCache:
                     session.close()
                     return
                 self._anonymous += 1
-                key = f"prefix-{self._anonymous}"
+                key = f"{ANONYMOUS}{self._anonymous}"
             old = self._entries.pop(key, None)
             if old is not None and old.session is not session:
                 old.session.close()

@@ -220,14 +220,16 @@ class LoadedModel:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def chat_ids(self, messages: list[dict]) -> list[int]:
-        return chat_ids(self.tokenizer, messages)
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return chat_ids(self.tokenizer, messages, tools)
 
 
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt token ids of a conversation, through the model's chat template when it has one."""
+def chat_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """Prompt token ids of a conversation, through the model's chat template when it has one.
+    `tools`: tool descriptions the template renders (tools.Tool.as_template), where it can."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {"tools": tools} if tools else {}
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         # the template already carries BOS/role tokens; adding specials again would double them
         return list(tokenizer.encode(text, add_special_tokens=False))
     text = "\n\n".join(m["content"] for m in messages)

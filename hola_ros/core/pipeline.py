@@ -18,6 +18,7 @@ from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, a
                                                is_bare_refusal, may_become_refusal, new_terms, source_note,
                                                unknown_codes_answer)
 from hola_ros.core.scheduler import Outcome
+from hola_ros.core.sessions import turn_messages
 
 FOLLOW_UP_TOKENS = 32
 
@@ -107,16 +108,27 @@ class PromptTooLong(ValueError):
 
 
 def _generate(request: GenerationRequest, target, messages: list[dict], grounded: bool, *, drafter, emit,
-              cancelled: Callable[[], bool], generation_options: dict | None, prompt_cache=None) -> tuple:
+              cancelled: Callable[[], bool], generation_options: dict | None, prompt_cache=None,
+              conversation=None, constraint=None, tools=None) -> tuple:
     """One generation of the answer: (result, stop_reason); stop strings end a grounded answer and
     the repetition guard one that loops (stop_reason "repetition"). `prompt_cache`
     (kvcache.PromptCache of the target): the prompt's shared prefix (the system turn with the
-    grounding rules) is not prefilled again."""
-    prompt_ids = target.chat_ids(messages)
+    grounding rules) is not prefilled again. `conversation` (sessions.Conversation): the turn
+    follows its earlier ones and its KV state is the conversation's; a request's system_prompt
+    replaces the system message (sessions.turn_messages). `constraint` (constraint.Constraint):
+    only what its grammar allows is generated, with no stop strings; `tools`: rendered by the
+    chat template."""
+    if conversation is not None:
+        messages = conversation.messages(messages, request.system_prompt)
+        conversation.asked = messages[-1]["content"]
+    elif request.system_prompt:
+        messages = turn_messages(messages, request.system_prompt)
+    prompt_ids = target.chat_ids(messages, tools) if tools else target.chat_ids(messages)
     if len(prompt_ids) >= target.context_length:
         raise PromptTooLong(f"prompt is {len(prompt_ids)} tokens (chat template and retrieved context "
                             f"included); the model's context holds {target.context_length}")
-    stop = tuple(request.stop) + tuple(s for s in ANSWER_STOPS if grounded and s not in request.stop)
+    stop = () if constraint is not None else (
+        tuple(request.stop) + tuple(s for s in ANSWER_STOPS if grounded and s not in request.stop))
     config = GenerationConfig(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
                               top_p=request.top_p, top_k=request.top_k, seed=request.seed, stop=stop,
                               mode=request.decoding_mode, **(generation_options or {}))
@@ -128,9 +140,15 @@ def _generate(request: GenerationRequest, target, messages: list[dict], grounded
 
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
                       request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped,
-                      cache=prompt_cache)
+                      cache=prompt_cache, **_turn_options(conversation, constraint))
     stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
     return result, stop_reason
+
+
+def _turn_options(conversation, constraint) -> dict:
+    """generate()'s conversation and constraint arguments, where there are some."""
+    options = {"cache_key": conversation.cache_key} if conversation is not None else {}
+    return {**options, "constraint": constraint} if constraint is not None else options
 
 
 def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) -> bool:
@@ -141,7 +159,8 @@ def _may_recheck(evidence: dict, passages: list, text: str, stop_reason: str) ->
 
 def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, on_block=None,
            should_stop=None, generation_options: dict | None = None, general_prompt: str = "",
-           document_lookup: bool = True, prompt_cache=None, ungrounded_fallback: bool = False) -> Outcome:
+           document_lookup: bool = True, prompt_cache=None, ungrounded_fallback: bool = False,
+           conversation=None) -> Outcome:
     """`retrieve(query, mode, budget) -> RetrievalDecision` may raise (retriever down, failing or
     late): the answer then says that the documents could not be consulted, without a generation
     (stop reason and flag `documents_unavailable`, flagged `retriever_unavailable`, degraded), since
@@ -151,16 +170,41 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
     `general_prompt`: system prompt of a question answered without documents (level 0);
     `document_lookup`: a question about a code that keys a retrieved table row, or one that a
     retrieved FAQ entry asks, is answered with that row or entry (`retrieval.lookup`), without a
-    generation; `prompt_cache`: see _generate."""
+    generation; `prompt_cache`, `conversation`: see _generate (an answered turn is left in
+    `conversation.last_turn` for sessions.Conversations.end). A request with a json_schema,
+    grammar or tools gets a constrained answer (structured.answer_structured)."""
+    outcome = _answer(request, target, drafter=drafter, retrieve=retrieve, on_block=on_block,
+                      should_stop=should_stop, generation_options=generation_options, general_prompt=general_prompt,
+                      document_lookup=document_lookup, prompt_cache=prompt_cache,
+                      ungrounded_fallback=ungrounded_fallback, conversation=conversation)
+    if conversation is not None and outcome.success:
+        conversation.last_turn = (conversation.asked or request.prompt,
+                                  outcome.stats.pop("turn_text", outcome.text))
+    outcome.stats.pop("turn_text", None)
+    return outcome
+
+
+def _answer(request: GenerationRequest, target, *, drafter, retrieve, on_block, should_stop, generation_options,
+            general_prompt: str, document_lookup: bool, prompt_cache, ungrounded_fallback: bool,
+            conversation) -> Outcome:
     started = time.monotonic()
     stats = {"retrieval_level": -1, "complexity_score": math.nan, "retrievals": 0, "context_tokens": 0,
              "sources": [], "flags": [], "degraded": False}
     passages, grounded, evidence = _retrieval(request, target, retrieve, stats)
     stats["retrieval_s"] = time.monotonic() - started
     emit = on_block or (lambda token_ids, text: None)
+    if conversation is not None:
+        conversation.asked = None
     if "retrieval_error" in stats and not ungrounded_fallback:
         answer_text = documents_unavailable_answer(stats["retrieval_error"])
         return _without_model(request, answer_text, "documents_unavailable", stats, emit, started)
+    cancelled = should_stop or (lambda: False)
+    run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options, prompt_cache=prompt_cache,
+               conversation=conversation)
+    if request.structured:
+        from hola_ros.core.structured import answer_structured
+
+        return answer_structured(request, target, passages if grounded else [], stats, emit, run, started)
     codes = evidence.get("unknown_codes") if grounded else None
     if codes:  # the documents cannot say anything about a code none of them holds: no generation
         return _without_model(request, unknown_codes_answer(codes), "unknown_code", stats, emit, started)
@@ -169,8 +213,6 @@ def answer(request: GenerationRequest, target, *, drafter=None, retrieve=None, o
         sources = " ".join(f"[{s}]" for s in found.sources)
         return _without_model(request, f"{found.text} {sources}", found.kind, stats, emit, started)
 
-    cancelled = should_stop or (lambda: False)
-    run = dict(drafter=drafter, cancelled=cancelled, generation_options=generation_options, prompt_cache=prompt_cache)
     try:
         if grounded:
             result, text, stop_reason = _grounded(request, target, passages, evidence, stats, emit, run)
@@ -239,7 +281,7 @@ def _echoed_parts(request: GenerationRequest, target, text: str, passages: list,
             continue
         question = part["question"][:1].upper() + part["question"][1:]
         result, stop_reason = _generate(request, target, compose_messages(question, own), True,
-                                        emit=lambda token_ids, delta: None, **run)
+                                        emit=lambda token_ids, delta: None, **{**run, "conversation": None})
         said = _without_question(result.text.strip(), question)
         stats.setdefault("parts_rechecked", []).append({"part": part["question"], "answer": said,
                                                         "new_tokens": result.stats.get("new_tokens", 0)})
@@ -262,6 +304,7 @@ def _without_question(said: str, question: str) -> str:
 def _finish(request, result, text: str, stop_reason: str, passages: list, stats: dict, emit,
             started: float) -> Outcome:
     """The answer with its source note (streamed like the rest), flags and stats."""
+    stats["turn_text"] = text  # what a conversation keeps of this turn (the note is not the model's)
     note = source_note(text, passages) if passages and stop_reason != "cancelled" else ""
     if note:  # the answer names the document it draws on
         text += note

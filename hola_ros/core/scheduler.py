@@ -18,6 +18,7 @@ class Outcome:
     error: str = ""
     text: str = ""
     stats: dict = field(default_factory=dict)
+    tool_calls: list = field(default_factory=list)  # tools.ToolCall of a tool-call answer
 
 
 class Job:

@@ -40,6 +40,11 @@ class ChatTokenizer:
         self.eos_token_id = self.convert_tokens_to_ids(self.eos_token) if self.eos_token else None
         self._template = None
 
+    @property
+    def backend_tokenizer(self):
+        """The `tokenizers` object (as transformers' fast tokenizers name it)."""
+        return self._tok
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
@@ -49,10 +54,11 @@ class ChatTokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True):
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None):
         if not self.chat_template:
             raise TokenizerError("this tokenizer has no chat template")
-        text = self._compiled().render(messages=messages, add_generation_prompt=add_generation_prompt,
+        text = self._compiled().render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
                                        bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         return self.encode(text) if tokenize else text
 

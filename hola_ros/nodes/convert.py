@@ -3,7 +3,7 @@ import array
 import json
 import math
 
-from hola_ros.msg import GenerationStats, Passage
+from hola_ros.msg import GenerationStats, Passage, ToolCall
 
 
 def passage_to_msg(p) -> Passage:
@@ -41,6 +41,11 @@ def stats_to_msg(stats: dict) -> GenerationStats:
             rest[key] = value
     msg.detail_json = json.dumps(rest, default=str, sort_keys=True)
     return msg
+
+
+def tool_calls_to_msg(calls) -> list:
+    """tools.ToolCall list as ToolCall messages (arguments as JSON text)."""
+    return [ToolCall(name=c.name, arguments_json=c.arguments_json()) for c in calls]
 
 
 def msg_to_dict(msg):

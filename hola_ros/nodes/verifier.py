@@ -15,11 +15,12 @@ from hola_ros.core.engines import BACKENDS, DEVICES
 from hola_ros.core.kvcache import PromptCache
 from hola_ros.core.requests import Limits, RequestError, validate_request
 from hola_ros.core.scheduler import Busy, Job, Outcome, Scheduler
+from hola_ros.core.sessions import Conversations, SessionBusy
 from hola_ros.interfaces import ASK, CANCEL, GENERATE, REQUEST_QOS, RESPONSE, RESPONSE_QOS
 from hola_ros.msg import ResponseChunk
 from hola_ros.nodes.base import HolaNode, run_node
 from hola_ros.nodes.clients import RemoteDrafter, RemoteRetriever
-from hola_ros.nodes.convert import stats_to_msg
+from hola_ros.nodes.convert import stats_to_msg, tool_calls_to_msg
 from hola_ros.nodes.params import ACTIVATION, DTYPES, Param
 from hola_ros.srv import Ask, Cancel
 
@@ -63,6 +64,11 @@ PARAMS = {
                                   applies=ACTIVATION),
     "prompt_cache_tokens": Param(2048, "tokens those KV states hold in all (least recently used dropped first)",
                                  range=(1, 1048576), applies=ACTIVATION),
+    "max_sessions": Param(16, "conversations (requests' session_id) kept: their turns, and their KV state in the "
+                          "prompt cache; the least recently used is dropped beyond this", range=(1, 100000),
+                          applies=ACTIVATION),
+    "session_max_tokens": Param(4096, "tokens of earlier turns a conversation keeps (oldest turns dropped first)",
+                                range=(1, 1048576), applies=ACTIVATION),
     "entropy_gate_tau": Param(0.0, "> 0: the paper's lossy entropy gate (answers flagged lossy); 0: lossless",
                               range=(0.0, 100.0)),
 }
@@ -75,13 +81,14 @@ class GatewayJob(Job):
         super().__init__(request)
         self.future, self.feedback = future, feedback
         self.sequence = self.new_tokens = 0
+        self.conversation = None  # sessions.Conversation of a request with a session_id
 
 
 class VerifierNode(HolaNode):
     def __init__(self, **node_options):
         super().__init__("hola_verifier", "verifier", PARAMS, **node_options)
         self._response_pub = self.create_publisher(ResponseChunk, RESPONSE, RESPONSE_QOS)
-        self._model = self._scheduler = self._prompt_cache = None
+        self._model = self._scheduler = self._prompt_cache = self._conversations = None
         self._invalid = 0
         self._last = {"tokens_per_s": 0.0, "acceptance_rate": 0.0}
         # the interfaces live as long as the process: while not active they answer so, at once
@@ -122,6 +129,10 @@ class VerifierNode(HolaNode):
                                       "on this engine; greedy HSD answers are flagged exact: false")
         entries = self.param("prompt_cache_entries")
         self._prompt_cache = PromptCache(self._model, entries, self.param("prompt_cache_tokens")) if entries else None
+        cache = self._prompt_cache
+        self._conversations = Conversations(self.param("max_sessions"), self.param("session_max_tokens"),
+                                            on_evict=cache.drop if cache is not None else None,
+                                            count_tokens=lambda text: len(self._model.encode(text)))
         self._scheduler = Scheduler(self._handle, self.param("queue_size"), self.param("concurrency"),
                                     on_finished=self._finished)
 
@@ -130,7 +141,7 @@ class VerifierNode(HolaNode):
             self._scheduler.stop("the verifier is shutting down; request not served")
         if self._prompt_cache is not None:
             self._prompt_cache.clear()
-        self._model = self._scheduler = self._prompt_cache = None
+        self._model = self._scheduler = self._prompt_cache = self._conversations = None
         gc.collect()
 
     def parameters_changed(self, names: set[str]) -> None:
@@ -142,6 +153,7 @@ class VerifierNode(HolaNode):
         outcome, request_id = await self._serve(request)
         response.success, response.error, response.request_id = outcome.success, outcome.error, request_id
         response.text, response.stats = outcome.text, stats_to_msg(outcome.stats)
+        response.tool_calls = tool_calls_to_msg(outcome.tool_calls)
         return response
 
     def _on_cancel(self, request, response):
@@ -172,7 +184,8 @@ class VerifierNode(HolaNode):
         else:
             goal_handle.abort()
         return Generate.Result(success=outcome.success, error=outcome.error, request_id=request_id,
-                               text=outcome.text, stats=stats_to_msg(outcome.stats))
+                               text=outcome.text, stats=stats_to_msg(outcome.stats),
+                               tool_calls=tool_calls_to_msg(outcome.tool_calls))
 
     def _on_cancel_goal(self, goal_handle) -> CancelResponse:
         if self._scheduler is not None:
@@ -191,8 +204,12 @@ class VerifierNode(HolaNode):
             return Outcome(False, f"invalid request: {exc}"), msg.request_id
         job = GatewayJob(request, self.executor.create_future(), feedback)
         try:
+            if request.session_id:
+                job.conversation = self._conversations.begin(request.session_id, request.system_prompt)
             scheduler.submit(job)
-        except (Busy, RequestError) as exc:
+        except (Busy, RequestError, SessionBusy) as exc:
+            if job.conversation is not None:
+                self._conversations.end(job.conversation)
             return Outcome(False, str(exc)), request.request_id
         return await job.future, request.request_id
 
@@ -220,7 +237,8 @@ class VerifierNode(HolaNode):
                       on_block=on_block, should_stop=lambda: job.cancelled,
                       generation_options={"entropy_gate_tau": tau} if tau > 0 else None,
                       general_prompt=self.param("general_prompt"), document_lookup=self.param("document_lookup"),
-                      prompt_cache=self._prompt_cache, ungrounded_fallback=self.param("ungrounded_fallback"))
+                      prompt_cache=self._prompt_cache, ungrounded_fallback=self.param("ungrounded_fallback"),
+                      conversation=job.conversation)
 
     def _await_documents(self, job: GatewayJob) -> Outcome | None:
         """While the graph starts (the retriever has never answered this verifier), a question that
@@ -247,6 +265,9 @@ class VerifierNode(HolaNode):
         now = time.monotonic()
         outcome.stats["queue_s"] = (job.started_at or now) - job.submitted_at
         outcome.stats["total_s"] = now - job.submitted_at
+        if job.conversation is not None and self._conversations is not None:
+            self._conversations.end(job.conversation)
+            outcome.stats["session"] = {"id": job.conversation.session_id, "turns": len(job.conversation.turns) // 2}
         if outcome.success:
             self._last = {k: float(outcome.stats.get(k, 0.0)) for k in self._last}
         self._response_pub.publish(ResponseChunk(

@@ -1,0 +1,1 @@
+"""Example nodes that use the HOLA graph from robot code."""
