@@ -294,7 +294,7 @@ def test_the_cascade_lets_l1_cut_a_wrong_l0_draft_and_draft_on(models):
     assert req.ngram.propose(3) == (truth[:2] + [wrong], [1, 1, 1])
     req.policy.plan = lambda orders, max_tokens, unread: Plan("cascade", len(orders))
     req.policy.keep_drafting = lambda rates, draft_s: True
-    req.policy.l1_prefix = lambda rates, spent: len(rates)
+    req.policy.l1_prefix = lambda rates, spent, exploring=False: len(rates)
     prop = d.propose("r", [], 3)
     assert prop.tokens == truth[:3]  # L1 kept the right prefix and replaced the wrong token
     assert prop.levels == [0, 0, 1] and len(prop.level_s) == 2
