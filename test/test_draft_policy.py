@@ -28,6 +28,12 @@ def test_level_1_that_costs_as_much_as_the_target_does_not_draft_until_it_explor
     assert "l1" in plans[EXPLORE_EVERY - 1:]  # its estimates stay fresh: one draft now and then
 
 
+def test_level_1_does_not_explore_when_catching_up_costs_more_than_a_target_step():
+    p = policy(l1_row_s=0.05)  # half a target step per row: reading 500 unread tokens costs many
+    plans = [p.plan([], 8, unread=500).level for _ in range(3 * EXPLORE_EVERY)]
+    assert set(plans) == {"none"}
+
+
 def test_a_cheap_confident_level_1_drafts_when_level_0_has_nothing():
     assert policy(l1_row_s=0.01).plan([], 8, unread=1).level == "l1"
 

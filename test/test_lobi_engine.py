@@ -99,19 +99,21 @@ def test_load_engine_serves_the_artifact_and_greedy_hsd_equals_its_plain_decodin
     assert hsd.token_ids == ar.token_ids and hsd.stats["exact"]
 
 
-def test_one_row_steps_are_padded_where_the_4bit_kernel_rounds_one_row_differently(built):
-    """MatMulNBits on 4-bit blocks of 64 or more has a one-row kernel of its own: characterize finds the
-    engine invariant only with every call padded to two rows, and without the padding it is not."""
-    from hola_ros.core.engines import _block_equals_steps, load_engine  # noqa: PLC2701
+def test_calls_are_padded_to_even_rows_where_the_4bit_kernel_rounds_a_lone_row_differently(built):
+    """MatMulNBits on 4-bit blocks of 64 or more computes rows in pairs and a left-over row on a
+    kernel of its own: characterize finds the engine invariant only with every call padded to an
+    even number of rows, and without the padding it is not."""
+    from hola_ros.core.engines import _blocks_equal_steps, load_engine  # noqa: PLC2701
 
     path, manifest = built["tight"]
     assert "q4_128" in {b["format"] for b in manifest["blocks"].values()}
     model = load_engine(str(path), threads=2)
-    assert model.info["min_rows"] == 2 and model.info["row_invariant"]
+    assert model.info["row_multiple"] == 2 and model.info["row_invariant"]
     ids = model.encode("The quick brown fox jumps over the lazy dog. " * 3)
-    assert _block_equals_steps(model, ids)
-    model.info["min_rows"] = 1  # the control: one-row steps on the kernel's own one-row path
-    assert not _block_equals_steps(model, ids)
+    assert _blocks_equal_steps(model, ids, blocks=(3, 4, 5, 7))
+    model.info["row_multiple"] = 1  # the control: lone rows on the kernel's own one-row path
+    assert not _blocks_equal_steps(model, ids, blocks=(4,))  # the one-token steps differ
+    assert not _blocks_equal_steps(model, ids, blocks=(5,))
 
 
 def test_a_budget_below_every_block_at_4_bits_is_refused_with_the_minimum(tmp_path, capsys):

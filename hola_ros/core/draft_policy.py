@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 L1_BANDS = (0.3, 0.5, 0.7, 0.9)  # level-1 confidence bands: [0, .3), [.3, .5), ..., [.9, 1]
-EXPLORE_EVERY = 16  # steps level 1 may sit out before it drafts once anyway (its estimate stays fresh)
+EXPLORE_EVERY = 16  # steps level 1 may sit out before it drafts once anyway (its estimate stays fresh), when
+# what it has not read yet costs it no more than a target step
 
 
 class StepCost:
@@ -148,7 +149,9 @@ class DraftPolicy:
         plan = max(options, key=lambda option: option[0])[1]
         if self.l1 is not None and plan.level in ("none", "l0"):
             self.idle += 1
-            if not k0 and self.idle >= EXPLORE_EVERY:
+            # exploring costs level 1 its catch-up too: only where that is no more than a target step
+            catch_up = self.l1.seconds(max(unread, 1))
+            if not k0 and self.idle >= EXPLORE_EVERY and catch_up <= self.target.seconds(1):
                 plan = Plan("l1", exploring=True)
         if plan.level in ("l1", "cascade"):
             self.idle = 0

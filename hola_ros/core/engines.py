@@ -203,7 +203,7 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
 
     def new_session():
         return OrtKVSession(sess, embed, spec["n_layers"], spec["kv_heads"], spec["head_dim"], positions, extra_outputs,
-                            min_rows=loaded.info.get("min_rows", 1))
+                            row_multiple=loaded.info.get("row_multiple", 1))
 
     tokenizer = ChatTokenizer(folder)
     special = meta["special_tokens"]
@@ -221,7 +221,7 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
                        embedding_bytes=(folder / "embeddings.npy").stat().st_size,
                        weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
     characterize(loaded, pad_rows=pad_rows)
-    loaded.context_length = positions - loaded.info.get("min_rows", 1)  # padding rows need their positions too
+    loaded.context_length = positions - loaded.info.get("row_multiple", 1)  # padding rows need positions too
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
@@ -231,16 +231,17 @@ def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True):
     gives bitwise the logits of one-token steps (info["row_invariant"]; decides whether greedy
     HSD is guaranteed to reproduce plain decoding) and what a step of B rows costs relative to one
     row (info["verify_cost"]; the draft length policy reads it). An ONNX Runtime engine whose
-    one-row calls round differently from its blocks (MatMulNBits on 4-bit blocks of 64 or more
-    has a one-row kernel of its own) is probed again with every call padded to two rows
-    (info["min_rows"], read by its sessions), and keeps the padding if that makes it invariant."""
+    kernels round a lone row differently (MatMulNBits on 4-bit blocks of 64 or more computes rows
+    in pairs and a left-over row on a one-row kernel of its own) is probed again with every call
+    padded to an even number of rows (info["row_multiple"], read by its sessions), and keeps the
+    padding if that makes it invariant."""
     ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog. " * 3)
-    same = _block_equals_steps(model, ids)
-    if not same and pad_rows and model.info.get("backend") == "onnxruntime" and model.info.get("min_rows", 1) == 1:
-        model.info["min_rows"] = 2
-        same = _block_equals_steps(model, ids)
+    same = _blocks_equal_steps(model, ids)
+    if not same and pad_rows and model.info.get("backend") == "onnxruntime" and model.info.get("row_multiple", 1) == 1:
+        model.info["row_multiple"] = 2
+        same = _blocks_equal_steps(model, ids)
         if not same:
-            model.info["min_rows"] = 1
+            model.info["row_multiple"] = 1
     session = model.new_session()
     try:
         session.forward(ids[:16], last_only=True)
@@ -254,14 +255,18 @@ def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True):
     return model
 
 
-def _block_equals_steps(model, ids: list[int]) -> bool:
-    """Whether 4 tokens verified in one call give bitwise the logits of 4 one-token steps."""
+def _blocks_equal_steps(model, ids: list[int], blocks=(4, 5)) -> bool:
+    """Whether blocks of 4 and of 5 tokens (even and odd: kernels may tile rows) verified in one call
+    each give bitwise the logits of as many one-token steps."""
     session = model.new_session()
     try:
         session.forward(ids[:16], last_only=True)
-        steps = [np.array(session.forward([t])[0]) for t in ids[16:20]]
-        session.rollback(16)
-        return bool(np.array_equal(np.asarray(session.forward(ids[16:20])), np.stack(steps)))
+        steps = [np.array(session.forward([t])[0]) for t in ids[16:16 + max(blocks)]]
+        for size in blocks:
+            session.rollback(16)
+            if not np.array_equal(np.asarray(session.forward(ids[16:16 + size])), np.stack(steps[:size])):
+                return False
+        return True
     finally:
         session.close()
 

@@ -44,10 +44,11 @@ class OrtKVSession:
     GROW = 256  # positions are added in steps of this many
 
     def __init__(self, sess, embed: Callable[[list[int]], np.ndarray], n_layers: int, kv_heads: int,
-                 head_dim: int, max_positions: int, extra_outputs: tuple[str, ...] = (), min_rows: int = 1):
+                 head_dim: int, max_positions: int, extra_outputs: tuple[str, ...] = (), row_multiple: int = 1):
         self.sess, self.embed = sess, embed
-        # calls of fewer rows are padded with copies of their last token (engines.characterize decides)
-        self.min_rows = min_rows
+        # every call is padded to a multiple of this many rows with copies of its last token
+        # (engines.characterize decides)
+        self.row_multiple = row_multiple
         self.n_layers, self.kv_heads, self.head_dim, self.max_positions = n_layers, kv_heads, head_dim, max_positions
         self.length = 0
         self.buffers: list[np.ndarray] = []  # past_key_0, past_value_0, past_key_1, ...
@@ -62,9 +63,9 @@ class OrtKVSession:
         independently of the call's size, so chunking changes no result."""
         if not tokens:
             raise ValueError("forward needs at least one token")
-        if self.length + len(tokens) + self.min_rows > self.max_positions:  # positions stay for the throw-away rows
+        if self.length + len(tokens) + self.row_multiple > self.max_positions:  # room for the throw-away rows
             raise ValueError(f"{self.length + len(tokens)} positions exceed this engine's "
-                             f"{self.max_positions - self.min_rows}")
+                             f"{self.max_positions - self.row_multiple}")
         first = len(tokens) - 1 if last_only else rows_from
         rows = []
         for start in range(0, len(tokens), self.MAX_ROWS):
@@ -76,7 +77,7 @@ class OrtKVSession:
 
     def _run(self, tokens: list[int], logits_from: int) -> np.ndarray:
         n = len(tokens)
-        fed = tokens + tokens[-1:] * (self.min_rows - n)  # the padding rows come after: no real row sees them
+        fed = tokens + tokens[-1:] * (-n % self.row_multiple)  # padding rows come after: no real row sees them
         self._reserve(self.length + len(fed) + 1)
         b = self.binding
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(self.embed(fed)[None], np.float32))
@@ -128,7 +129,7 @@ class OrtKVSession:
     def fork(self) -> "OrtKVSession":
         """An independent copy holding the same positions, its buffers sized for them."""
         twin = OrtKVSession(self.sess, self.embed, self.n_layers, self.kv_heads, self.head_dim, self.max_positions,
-                            self.extra_outputs, self.min_rows)
+                            self.extra_outputs, self.row_multiple)
         twin.length = self.length
         if self.buffers:
             capacity = min(-(-(self.length + 1 + self.GROW // 2) // self.GROW) * self.GROW, self.max_positions)
