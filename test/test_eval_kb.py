@@ -177,7 +177,7 @@ def test_a_profile_gives_the_kb_run_its_model_l1_and_general_prompt():
     from hola_ros.cli._eval_kb import profile_settings
 
     quality = profile_settings(ROOT / "config" / "quality.yaml")
-    assert quality["model"] == "qwen2.5-coder-1.5b-instruct" and quality["l1"] == "qwen2.5-coder-0.5b-instruct"
+    assert quality["model"] == "qwen2.5-coder-1.5b-instruct@1000mb" and not quality.get("l1")
     assert "warehouse robots" in quality["general_prompt"]
     default = profile_settings(ROOT / "config" / "hola.yaml")
     assert default["general_prompt"] == "" and default["document_lookup"] is True  # the default graph: none

@@ -82,17 +82,13 @@ def run(args) -> int:
 
 def _served_models(params_files: list[str]) -> tuple[str, str]:
     """(verifier model, drafter l1_model) of the graph: config/hola.yaml, then the given files."""
-    import yaml
-
+    from hola_ros.cli._eval_kb import profile_settings
     from hola_ros.package_data import require_package_file
 
-    found = {"hola_verifier": {}, "hola_drafter": {}}
+    found = {"model": "", "l1": ""}
     for path in [str(require_package_file("config/hola.yaml")), *params_files]:
-        for section, body in (yaml.safe_load(open(path)) or {}).items():
-            node = section.rsplit("/", 1)[-1]
-            if node in found:
-                found[node].update((body or {}).get("ros__parameters", {}))
-    return found["hola_verifier"].get("model", ""), found["hola_drafter"].get("l1_model", "")
+        found.update({k: v for k, v in profile_settings(path).items() if k in found})
+    return found["model"], found["l1"]
 
 
 def _llamacpp_beside(args) -> dict:
