@@ -98,18 +98,25 @@ def _llamacpp_beside(args) -> dict:
     import subprocess
     import sys
 
-    from hola_ros.core.engines import load_engine_base_gguf, load_tokenizer
+    from hola_ros.core.engines import load_engine_base_gguf
 
     target, l1 = _served_models(args.params)
     ggufs = [str(load_engine_base_gguf(spec)) for spec in (target, l1) if spec]
-    tokenizer = load_tokenizer(target)
-    prompts = [tokenizer.chat_ids([{"role": "user", "content": q}]) for q in PROMPTS]
+    prompts = _chat_prompts(target)
     request = {"ggufs": ggufs, "prompts": prompts, "max_new_tokens": args.max_new_tokens}
     done = subprocess.run([sys.executable, "-m", "hola_ros.core.llamacpp_peer", json.dumps(request)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][-300:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _chat_prompts(model: str) -> list[list[int]]:
+    """The soak's questions as the verifier's chat-template tokens."""
+    from hola_ros.core.engines import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=True) for q in PROMPTS]
 
 
 def _peer_lines(report: dict, last: dict) -> list[str]:
