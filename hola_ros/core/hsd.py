@@ -111,175 +111,225 @@ def generate(target, prompt_ids: list[int], config: GenerationConfig | None = No
     emitted; the target's rows are masked before verification, so greedy stays plain decoding's."""
     cfg = config or GenerationConfig()
     cfg.validate()
-    prompt_ids = [int(t) for t in prompt_ids]
-    if not prompt_ids:
-        raise ValueError("prompt_ids is empty")
-    if len(prompt_ids) >= target.context_length:
-        raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds {target.context_length}")
-    flags: list[str] = []
-    max_new = cfg.max_new_tokens
-    if len(prompt_ids) + max_new > target.context_length:
-        max_new = target.context_length - len(prompt_ids)
-        flags.append("max_new_tokens_clipped_to_context")
-    greedy = cfg.temperature == 0.0
-    seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(7), "little")
-    gen = np.random.default_rng(seed)
-    lossy = cfg.mode == "hsd" and cfg.entropy_gate_tau is not None
-    if lossy:
-        flags.append("entropy_gate")
-    if cfg.mode == "hsd" and drafter is None:
-        from hola_ros.core.drafters import LocalDrafter
-
-        drafter = LocalDrafter(ngram=True)
-    if cfg.mode == "ar":
-        drafter = None
-    if constraint is not None and cfg.stop:
-        raise ValueError("stop strings cannot be combined with a constraint: the grammar decides where the output ends")
-
-    c = _Counters()
-    degraded = False
-    out: list[int] = []
-    stream = TextStream(target.tokenizer, cfg.stop)
-    stop_reason = "max_new_tokens"
-    first_token_s = None
-    t_start = time.perf_counter()
-    opened = None  # the drafter to close, even after it failed
+    prompt_ids, max_new, flags = _checked_prompt(target, prompt_ids, cfg, constraint)
+    run = _Decoding(target, cfg, _drafter_for(cfg, drafter), request_id, constraint, flags)
     session, reused = cache.session_for(prompt_ids, cache_key) if cache is not None else (target.new_session(), 0)
-    committed: list[int] = []  # every token the loop committed, EOS included: what the cache can hold
     finished = False  # only a session the loop left consistent goes back to the cache
     try:
         if len(prompt_ids) - 1 > reused:
             session.forward(prompt_ids[reused:-1], last_only=True)
-        prefill_s = time.perf_counter() - t_start
-        opened = drafter
-        clock = _TargetClock(target)
-        if drafter is not None:
-            try:
-                drafter.open(request_id, prompt_ids, clock.target_cost(cfg.adaptive_draft))
-            except Exception as exc:  # a missing drafter means plain decoding, never a failure
-                drafter, degraded = None, True
-                flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
-        last = prompt_ids[-1]
-        delta: list[int] = []
-        ask = cfg.draft_len_max if cfg.adaptive_draft else cfg.draft_len
-        while len(out) < max_new:
-            if should_stop is not None and should_stop():
-                stop_reason = "cancelled"
-                break
-            budget = max_new - len(out)
-            draft: list[int] = []
-            levels: list[int] = []
-            ents: list[float] = []
-            # an empty cache means this forward is a prefill-shaped call: keep it one row, like AR
-            want = min(ask, budget - 1) if session.length > 0 else 0
-            if drafter is not None and want > 0:
-                t0 = time.perf_counter()
-                try:
-                    prop = drafter.propose(request_id, delta, want, clock.row_s)
-                    delta = []
-                    draft, levels, ents = _usable(prop, want, cfg.levels, target.vocab_size)
-                    for lv, seconds in enumerate(prop.level_s[:2]):
-                        c.level_s[lv] += seconds
-                except Exception as exc:
-                    drafter, degraded = None, True
-                    flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
-                c.draft_s += time.perf_counter() - t0
-            if constraint is not None:
-                draft = constraint.cut(draft)
-                levels, ents = levels[:len(draft)], ents[:len(draft)]
-            t0 = time.perf_counter()
-            rows = session.forward([last] + draft)
-            clock.observe(1 + len(draft), time.perf_counter() - t0)
-            if cfg.ignore_eos and target.eos_token_ids:
-                rows = np.array(rows)  # the engine's buffer may be read-only
-                rows[:, sorted(target.eos_token_ids)] = -np.inf
-            if constraint is not None:
-                rows = constraint.mask(rows, draft)
-            accepted, nxt, gated = _verify(rows, draft, ents, cfg, greedy, gen)
-            if constraint is not None:
-                constraint.advance(draft[:accepted] + [nxt])
-            session.rollback(session.length - len(draft) + accepted)
-            c.verify_s += time.perf_counter() - t0
-            c.blocks += 1
-            c.gated += gated
-            for lv in levels:
-                c.proposed[lv] += 1
-            for lv in levels[:accepted]:
-                c.accepted[lv] += 1
-
-            block = draft[:accepted] + [nxt]
-            committed.extend(block)
-            eos_at = next((i for i, t in enumerate(block) if t in target.eos_token_ids), None)
-            if eos_at is not None:
-                block, stop_reason = block[:eos_at], "eos"
-            text_delta, stop_n = stream.push(block)
-            if stop_n is not None:
-                block, stop_reason = block[:stop_n], "stop"
-            out.extend(block)
-            if first_token_s is None and block:
-                first_token_s = time.perf_counter() - t_start
-            if on_block is not None and (block or text_delta):
-                on_block(block, text_delta)
-            if stop_reason in ("eos", "stop"):
-                break
-            last, delta = nxt, delta + draft[:accepted] + [nxt]
-        tail = stream.flush()
-        if tail and on_block is not None:
-            on_block([], tail)
+        run.prefill_s = time.perf_counter() - run.t_start
+        run.open_drafter(prompt_ids)
+        run.decode(session, prompt_ids[-1], max_new, on_block, should_stop)
         finished = True
     finally:
         if cache is None or not finished:
             session.close()
         else:
-            cache.keep(session, prompt_ids + committed, cache_key)
-        if opened is not None:
+            cache.keep(session, prompt_ids + run.committed, cache_key)
+        run.close_drafter()
+    return GenerationResult(text=run.stream.text, token_ids=run.out, stop_reason=run.stop_reason,
+                            stats=run.stats(len(prompt_ids), reused))
+
+
+def _checked_prompt(target, prompt_ids, cfg: GenerationConfig, constraint) -> tuple[list[int], int, list[str]]:
+    """The prompt as ints, the new-token budget the context leaves, and the flags that says so."""
+    prompt_ids = [int(t) for t in prompt_ids]
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty")
+    if len(prompt_ids) >= target.context_length:
+        raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context holds {target.context_length}")
+    if constraint is not None and cfg.stop:
+        raise ValueError("stop strings cannot be combined with a constraint: the grammar decides where the output ends")
+    flags: list[str] = []
+    max_new = cfg.max_new_tokens
+    if len(prompt_ids) + max_new > target.context_length:
+        max_new = target.context_length - len(prompt_ids)
+        flags.append("max_new_tokens_clipped_to_context")
+    return prompt_ids, max_new, flags
+
+
+def _drafter_for(cfg: GenerationConfig, drafter):
+    if cfg.mode == "ar":
+        return None
+    if drafter is None:
+        from hola_ros.core.drafters import LocalDrafter
+
+        return LocalDrafter(ngram=True)
+    return drafter
+
+
+class _Decoding:
+    """One request's decoding state: the drafter, the verified output, its text stream and counters.
+    `decode` is the loop; the rest are its steps."""
+
+    def __init__(self, target, cfg: GenerationConfig, drafter, request_id: str, constraint, flags: list[str]):
+        self.target, self.cfg, self.drafter, self.request_id = target, cfg, drafter, request_id
+        self.constraint, self.flags = constraint, flags
+        self.greedy = cfg.temperature == 0.0
+        seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(7), "little")
+        self.gen = np.random.default_rng(seed)
+        self.lossy = cfg.mode == "hsd" and cfg.entropy_gate_tau is not None
+        if self.lossy:
+            flags.append("entropy_gate")
+        self.ask = cfg.draft_len_max if cfg.adaptive_draft else cfg.draft_len
+        self.c = _Counters()
+        self.clock = _TargetClock(target)
+        self.degraded = False
+        self.opened = None  # the drafter to close, even after it failed
+        self.out: list[int] = []
+        self.committed: list[int] = []  # every token the loop committed, EOS included: what the cache can hold
+        self.stream = TextStream(target.tokenizer, cfg.stop)
+        self.stop_reason = "max_new_tokens"
+        self.first_token_s: float | None = None
+        self.prefill_s = 0.0
+        self.t_start = time.perf_counter()
+
+    def open_drafter(self, prompt_ids: list[int]) -> None:
+        self.opened = self.drafter
+        if self.drafter is not None:
             try:
-                opened.close(request_id)
+                self.drafter.open(self.request_id, prompt_ids, self.clock.target_cost(self.cfg.adaptive_draft))
+            except Exception as exc:  # a missing drafter means plain decoding, never a failure
+                self._lose_drafter(exc)
+
+    def _lose_drafter(self, exc: Exception) -> None:
+        self.drafter, self.degraded = None, True
+        self.flags.append(f"drafter_unavailable: {type(exc).__name__}: {exc}")
+
+    def close_drafter(self) -> None:
+        if self.opened is not None:
+            try:
+                self.opened.close(self.request_id)
             except Exception:
-                flags.append("drafter_close_failed")
-    total_s = time.perf_counter() - t_start
-    if degraded:
-        flags.append("drafter_unavailable")
-    proposed = sum(c.proposed.values())
-    accepted_all = sum(c.accepted.values())
-    row_invariant = bool(getattr(target, "info", {}).get("row_invariant", False))
-    if not row_invariant and proposed:
-        flags.append("not_row_invariant")
-    stats = {
-        "mode": cfg.mode,
-        "prompt_tokens": len(prompt_ids),
-        "reused_prompt_tokens": reused,
-        "new_tokens": len(out),
-        "prefill_s": round(prefill_s, 6),
-        "draft_s": round(c.draft_s, 6),
-        "verify_s": round(c.verify_s, 6),
-        "decode_s": round(total_s - prefill_s, 6),
-        "first_token_s": round(first_token_s if first_token_s is not None else total_s, 6),
-        "total_s": round(total_s, 6),
-        "tokens_per_s": round(len(out) / total_s, 3) if total_s > 0 else 0.0,
-        "decode_tokens_per_s": round(len(out) / (total_s - prefill_s), 3) if total_s > prefill_s else 0.0,
-        "acceptance_rate": round(accepted_all / proposed, 4) if proposed else 0.0,
-        "acceptance_per_level": {f"L{lv}": (round(c.accepted[lv] / c.proposed[lv], 4) if c.proposed[lv] else None)
-                                 for lv in (0, 1)},
-        "proposed_per_level": {f"L{lv}": c.proposed[lv] for lv in (0, 1)},
-        "accepted_per_level": {f"L{lv}": c.accepted[lv] for lv in (0, 1)},
-        "level_s": {f"L{lv}": round(c.level_s[lv], 6) for lv in (0, 1)},
-        "mean_accepted_block": round(len(out) / c.blocks, 4) if c.blocks else 0.0,
-        "target_forwards": c.blocks + (1 if len(prompt_ids) > 1 else 0),
-        "lossy": lossy,
-        "gate_overrides": c.gated,
-        "degraded": degraded,
-        "row_invariant": row_invariant,
-        # drafted tokens change nothing only if verified rows equal one-token steps bitwise
-        "exact": not lossy and (row_invariant or proposed == 0),
-        "sampling": "greedy" if greedy else "rejection",
-        "flags": flags,
-    }
-    if constraint is not None:
-        stats["constraint"] = constraint.stats()
-        if not constraint.complete:
-            flags.append("constraint_incomplete")
-    return GenerationResult(text=stream.text, token_ids=out, stop_reason=stop_reason, stats=stats)
+                self.flags.append("drafter_close_failed")
+
+    def decode(self, session, last: int, max_new: int, on_block, should_stop) -> None:
+        """Draft a block, verify it in one target pass, commit what the target accepts; repeat."""
+        delta: list[int] = []  # committed tokens the drafter has not been told of
+        while len(self.out) < max_new:
+            if should_stop is not None and should_stop():
+                self.stop_reason = "cancelled"
+                break
+            # an empty cache means this forward is a prefill-shaped call: keep it one row, like AR
+            want = min(self.ask, max_new - len(self.out) - 1) if session.length > 0 else 0
+            draft, levels, ents, delta = self.propose(want, delta)
+            accepted, nxt = self.verify(session, last, draft, levels, ents)
+            if self.commit(draft[:accepted] + [nxt], on_block):
+                break
+            last, delta = nxt, delta + draft[:accepted] + [nxt]
+        tail = self.stream.flush()
+        if tail and on_block is not None:
+            on_block([], tail)
+
+    def propose(self, want: int, delta: list[int]):
+        """The drafter's next block (none without a drafter), cut to what the constraint allows:
+        (tokens, levels, entropies, the delta still to send)."""
+        draft: list[int] = []
+        levels: list[int] = []
+        ents: list[float] = []
+        if self.drafter is not None and want > 0:
+            t0 = time.perf_counter()
+            try:
+                prop = self.drafter.propose(self.request_id, delta, want, self.clock.row_s)
+                delta = []
+                draft, levels, ents = _usable(prop, want, self.cfg.levels, self.target.vocab_size)
+                for lv, seconds in enumerate(prop.level_s[:2]):
+                    self.c.level_s[lv] += seconds
+            except Exception as exc:
+                self._lose_drafter(exc)
+            self.c.draft_s += time.perf_counter() - t0
+        if self.constraint is not None:
+            draft = self.constraint.cut(draft)
+            levels, ents = levels[:len(draft)], ents[:len(draft)]
+        return draft, levels, ents, delta
+
+    def verify(self, session, last: int, draft: list[int], levels: list[int], ents: list[float]) -> tuple[int, int]:
+        """One target pass over `last` + draft: (accepted draft tokens, the token after them); the
+        cache keeps what was accepted."""
+        t0 = time.perf_counter()
+        rows = session.forward([last] + draft)
+        self.clock.observe(1 + len(draft), time.perf_counter() - t0)
+        if self.cfg.ignore_eos and self.target.eos_token_ids:
+            rows = np.array(rows)  # the engine's buffer may be read-only
+            rows[:, sorted(self.target.eos_token_ids)] = -np.inf
+        if self.constraint is not None:
+            rows = self.constraint.mask(rows, draft)
+        accepted, nxt, gated = _verify(rows, draft, ents, self.cfg, self.greedy, self.gen)
+        if self.constraint is not None:
+            self.constraint.advance(draft[:accepted] + [nxt])
+        session.rollback(session.length - len(draft) + accepted)
+        c = self.c
+        c.verify_s += time.perf_counter() - t0
+        c.blocks += 1
+        c.gated += gated
+        for lv in levels:
+            c.proposed[lv] += 1
+        for lv in levels[:accepted]:
+            c.accepted[lv] += 1
+        return accepted, nxt
+
+    def commit(self, block: list[int], on_block) -> bool:
+        """Emit a verified block up to EOS or a stop string; True when the answer ends there."""
+        self.committed.extend(block)
+        eos_at = next((i for i, t in enumerate(block) if t in self.target.eos_token_ids), None)
+        if eos_at is not None:
+            block, self.stop_reason = block[:eos_at], "eos"
+        text_delta, stop_n = self.stream.push(block)
+        if stop_n is not None:
+            block, self.stop_reason = block[:stop_n], "stop"
+        self.out.extend(block)
+        if self.first_token_s is None and block:
+            self.first_token_s = time.perf_counter() - self.t_start
+        if on_block is not None and (block or text_delta):
+            on_block(block, text_delta)
+        return self.stop_reason in ("eos", "stop")
+
+    def stats(self, prompt_tokens: int, reused: int) -> dict:
+        total_s = time.perf_counter() - self.t_start
+        c, flags, out, prefill_s = self.c, self.flags, self.out, self.prefill_s
+        if self.degraded:
+            flags.append("drafter_unavailable")
+        proposed = sum(c.proposed.values())
+        accepted_all = sum(c.accepted.values())
+        row_invariant = bool(getattr(self.target, "info", {}).get("row_invariant", False))
+        if not row_invariant and proposed:
+            flags.append("not_row_invariant")
+        stats = {
+            "mode": self.cfg.mode,
+            "prompt_tokens": prompt_tokens,
+            "reused_prompt_tokens": reused,
+            "new_tokens": len(out),
+            "prefill_s": round(prefill_s, 6),
+            "draft_s": round(c.draft_s, 6),
+            "verify_s": round(c.verify_s, 6),
+            "decode_s": round(total_s - prefill_s, 6),
+            "first_token_s": round(self.first_token_s if self.first_token_s is not None else total_s, 6),
+            "total_s": round(total_s, 6),
+            "tokens_per_s": round(len(out) / total_s, 3) if total_s > 0 else 0.0,
+            "decode_tokens_per_s": round(len(out) / (total_s - prefill_s), 3) if total_s > prefill_s else 0.0,
+            "acceptance_rate": round(accepted_all / proposed, 4) if proposed else 0.0,
+            "acceptance_per_level": {f"L{lv}": (round(c.accepted[lv] / c.proposed[lv], 4) if c.proposed[lv] else None)
+                                     for lv in (0, 1)},
+            "proposed_per_level": {f"L{lv}": c.proposed[lv] for lv in (0, 1)},
+            "accepted_per_level": {f"L{lv}": c.accepted[lv] for lv in (0, 1)},
+            "level_s": {f"L{lv}": round(c.level_s[lv], 6) for lv in (0, 1)},
+            "mean_accepted_block": round(len(out) / c.blocks, 4) if c.blocks else 0.0,
+            "target_forwards": c.blocks + (1 if prompt_tokens > 1 else 0),
+            "lossy": self.lossy,
+            "gate_overrides": c.gated,
+            "degraded": self.degraded,
+            "row_invariant": row_invariant,
+            # drafted tokens change nothing only if verified rows equal one-token steps bitwise
+            "exact": not self.lossy and (row_invariant or proposed == 0),
+            "sampling": "greedy" if self.greedy else "rejection",
+            "flags": flags,
+        }
+        if self.constraint is not None:
+            stats["constraint"] = self.constraint.stats()
+            if not self.constraint.complete:
+                flags.append("constraint_incomplete")
+        return stats
 
 
 def _usable(prop: DraftProposal, want: int, levels_on, vocab: int):
