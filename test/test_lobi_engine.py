@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hola_ros.core import gguf_import
+from lobi_helpers import write_calib
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the module builds two engines of SmolLM2 once
 
@@ -60,7 +61,8 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("lobi-engine")
     # 115 MB: below what moving the 8-bit output layer to 4 bits reaches (~133), so some blocks take q4_128
     targets = [(root / "roomy", 1000.0), (root / "tight", 115.0)]
-    manifests = build_engine_artifacts(targets, model=MODEL, calib_size=12, heldout_seqs=3, threads=2)
+    calib = write_calib(root / "calib.jsonl")  # the suite needs no data outside the checkout
+    manifests = build_engine_artifacts(targets, model=MODEL, calib=calib, calib_size=12, heldout_seqs=3, threads=2)
     return dict(zip(("roomy", "tight"), zip((t[0] for t in targets), manifests)))
 
 
@@ -119,8 +121,8 @@ def test_calls_are_padded_to_even_rows_where_the_4bit_kernel_rounds_a_lone_row_d
 def test_a_budget_below_every_block_at_4_bits_is_refused_with_the_minimum(tmp_path, capsys):
     from hola_ros.cli import main
 
-    assert main(["lobi", "build", "--model", MODEL, "--budget-mb", "60", "--calib-size", "8", "--seq-len", "32",
-                 "--heldout-seqs", "1", "--out", str(tmp_path / "x"), "--json"]) == 2
+    assert main(["lobi", "build", "--model", MODEL, "--budget-mb", "60", "--calib", str(write_calib(tmp_path / "c.jsonl")),
+                 "--calib-size", "8", "--seq-len", "32", "--heldout-seqs", "1", "--out", str(tmp_path / "x"), "--json"]) == 2
     assert re.search(r"budget 60.00 MB is below the smallest possible model \(\d+\.\d+ MB", capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
     assert main(["lobi", "build", "--model", MODEL, "--budget-mb", "130", "--lowrank"]) == 2  # a torch-build option
