@@ -106,9 +106,31 @@ def echoes(answer: str, part: str) -> bool:
     from .lexical import terms
 
     asked = set(terms(part))
-    clauses = re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|[;,]\s*", _said(answer))
+    clauses = _clauses(answer)
     return any(found and found <= asked and 3 * len(found) >= 2 * len(asked)
                for found in (set(terms(c)) for c in clauses))
+
+
+def _clauses(answer: str) -> list[str]:
+    """An answer's clauses: a clause ends at a sentence end, "and", ";" or ","."""
+    return [c for c in re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|[;,]\s*", _said(answer)) if c.strip()]
+
+
+def repeats_figure(answer: str, part: str) -> bool:
+    """The clause that answers `part` (the clause sharing the most of its terms; the later one on a
+    tie) gives only figures that an earlier clause already gave: "The Create 3 adapter makes
+    available 28.8W of power, and the total power draw of the TurtleBot 4 is 28.8W." (the 0.5B,
+    one value read for both parts of a question)."""
+    from .lexical import terms
+    from .support import figures
+
+    asked, clauses = set(terms(part)), _clauses(answer)
+    if len(clauses) < 2:
+        return False
+    best = max(range(len(clauses)), key=lambda i: (len(asked & set(terms(clauses[i]))), i))
+    given = set(figures(clauses[best])) - set(figures(part))
+    earlier = {f for c in clauses[:best] for f in figures(c)}
+    return best > 0 and bool(given) and given <= earlier
 
 
 def _plain(text: str) -> str:
