@@ -20,7 +20,9 @@ pipeline runs them): a question naming a code (E-999, CD-7) that no document hol
 index knows is asked once more without the refusal rule (`compose_messages(..., refusal=False)`);
 an answer that `adds_nothing` to the question ("CD-5" to "Where is CD-5?", the password answer
 above) is asked once more for a complete sentence (`in_full=True`), and is no answer when that
-adds nothing either.
+adds nothing either; an answer whose figure no passage states beside what the question asks is no
+answer either (`support.py`), and a later part answered with an earlier part's figure
+(`repeats_figure`) is asked alone.
 """
 from __future__ import annotations
 
