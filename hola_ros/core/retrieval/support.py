@@ -19,9 +19,10 @@ suffix, as the retrieval itself counts it ("weigh" -> "Weight").
 
 Chosen on the tune halves (docs/retrieval.md, "Figures the documents support"): on the 0.5B's
 answers it refused three of the four invented answers with a figure on the manuals' tune half
-(the fourth: "IP rating ... 2A" beside an "IP" rating row) and the invented "600 kg" on the demo
-KB's, and one right answer ("60 mm" for "How high can the Tern T2 lift its top plate?": the
-row says "Lift height"); a plain share of the terms would have refused a second right one.
+(the fourth, "2A" as an IP rating for water resistance, stands in a unit holding as many of the
+question's known specific terms as any unit does) and the invented "600 kg" on the demo KB's,
+and one right answer ("60 mm" for "How high can the Tern T2 lift its top plate?": the row says
+"Lift height"); a plain share of the terms would have refused a second right one.
 """
 from __future__ import annotations
 
