@@ -248,6 +248,81 @@ def test_a_part_the_answer_only_repeats_is_asked_alone_from_its_own_passages(mon
     assert len(target.prompts) == 1 and "part_rechecked" not in whole_answer.stats["flags"]  # both parts answered
 
 
+SPECS = Passage("# Specifications\n| Feature | TurtleBot 4 |\n|---|---|\n| Maximum payload | 9 kg |\n"
+                "| Battery life | 2h 30m - 4h |", "features.md", 0.6)
+
+
+def _specs_retrieve(specific_terms):
+    evidence = {"unknown_terms": [], "unknown_codes": [], "specific_terms": specific_terms}
+    return lambda query, mode, budget: RetrievalDecision(1, float("nan"), [SPECS], 40, 1, {"evidence": evidence})
+
+
+def _model_saying(pieces):
+    """A generate() stand-in that streams `pieces` while not told to stop."""
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
+        said = ""
+        for piece in pieces:
+            if should_stop():
+                return SimpleNamespace(text=said, stop_reason="cancelled", stats={"new_tokens": len(said)})
+            on_block([7], piece)
+            said += piece
+        return SimpleNamespace(text=said, stop_reason="eos", stats={"new_tokens": len(said)})
+    return fake
+
+
+def test_an_answer_whose_figure_the_documents_give_for_something_else_is_refused_unseen(monkeypatch):
+    """The 0.5B's answer to an unanswerable question, a figure copied from the battery-life row."""
+    monkeypatch.setattr(pipeline, "generate", _model_saying(["The maximum operating", " temperature is", " 2h",
+                                                             " 30m.", " It is", " safe."]))
+    streamed = []
+    request = GenerationRequest(prompt="What is the maximum operating temperature of the TurtleBot 4?",
+                                request_id="q", max_new_tokens=32, decoding_mode="ar")
+    outcome = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(["maximum", "oper", "temperatur"]),
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.success and outcome.text == "".join(streamed) == NOT_IN_DOCUMENTS
+    assert "unsupported_figure" in outcome.stats["flags"]
+    assert outcome.stats["unsupported"]["answer"] == "The maximum operating temperature is 2h 30m."  # stopped there
+    assert outcome.stats["stop_reason"] == "unsupported"
+
+
+def test_an_answer_whose_figure_stands_beside_what_was_asked_streams_as_before(monkeypatch):
+    monkeypatch.setattr(pipeline, "generate", _model_saying(["The maximum payload", " is 9", " kg.", " Yes."]))
+    streamed = []
+    request = GenerationRequest(prompt="What is the maximum payload of the TurtleBot 4?", request_id="q",
+                                max_new_tokens=32, decoding_mode="ar")
+    outcome = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(["maximum", "payload"]),
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.text == "".join(streamed) == "The maximum payload is 9 kg. Yes. [features.md]"
+    assert streamed[0] == "The maximum payload is 9 kg."  # released once the figure was checked, then flowing
+    assert "unsupported_figure" not in outcome.stats["flags"] and outcome.stats["stop_reason"] == "eos"
+    unchecked = pipeline.answer(request, _Target(), retrieve=_retrieve())  # no specific terms reported: no check
+    assert "unsupported_figure" not in unchecked.stats["flags"]
+
+
+def test_a_later_part_given_the_figure_of_an_earlier_one_is_asked_alone(monkeypatch):
+    power = Passage("The Create 3 adapter makes 28.8 W available.", "power.md", 0.5)
+    draw = Passage("The total power draw of the TurtleBot 4 is 15 W.", "budget.md", 0.5)
+    question = "How much power does the adapter make available, and what is the total power draw of the TurtleBot 4?"
+    target = _Target()
+
+    def retrieve(query, mode, budget):
+        found = [power, draw] if query == question else [power] if "adapter" in query else [draw]
+        return RetrievalDecision(1, float("nan"), found, 20, 1, {"evidence": {"unknown_terms": [], "unknown_codes": []}})
+
+    def fake(tgt, prompt_ids, config, drafter=None, request_id="", on_block=None, should_stop=None, cache=None):
+        alone = question not in target.prompts[-1][1]["content"]
+        text = "The total power draw is 15 W." if alone else \
+            "The adapter makes 28.8 W available, and the total power draw of the TurtleBot 4 is 28.8 W."
+        on_block([7], text)
+        return SimpleNamespace(text=text, stop_reason="eos", stats={"new_tokens": 2})
+    monkeypatch.setattr(pipeline, "generate", fake)
+    request = GenerationRequest(prompt=question, request_id="q", max_new_tokens=32, decoding_mode="ar")
+    outcome = pipeline.answer(request, target, retrieve=retrieve)
+    assert "part_rechecked" in outcome.stats["flags"] and len(target.prompts) == 2
+    assert outcome.text.endswith("28.8 W. [power.md] The total power draw is 15 W. [budget.md]")
+    assert target.prompts[-1][1]["content"].endswith("Question: What is the total power draw of the TurtleBot 4?")
+
+
 def test_a_prompt_cache_spares_the_shared_system_turn_and_changes_no_answer():
     from hola_ros.core.kvcache import PromptCache
 

@@ -15,8 +15,9 @@ from hola_ros.core.retrieval.adacomp import gather_context
 from hola_ros.core.retrieval.lookup import document_answer
 from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, adds_nothing, compose_messages,
                                                documents_unavailable_answer, echoes, follow_up_messages,
-                                               is_bare_refusal, may_become_refusal, new_terms, source_note,
-                                               unknown_codes_answer)
+                                               is_bare_refusal, may_become_refusal, new_terms, repeats_figure,
+                                               source_note, unknown_codes_answer)
+from hola_ros.core.retrieval.support import figures, unsupported_figures
 from hola_ros.core.scheduler import Outcome
 from hola_ros.core.sessions import turn_messages
 
@@ -54,11 +55,14 @@ class RepetitionGuard:
 class HeldAnswer:
     """Streams a grounded answer once it says something: text is held back while it may still be
     the bare refusal or repeats only the question's own words (complete words; the last one may
-    be unfinished), so an answer the pipeline replaces is never shown; any other flows on at once."""
+    be unfinished), so an answer the pipeline replaces is never shown; any other flows on at once.
+    `check(text)`: whether the text so far may be shown (its figures are the documents'); text that
+    fails it is held, and `doubted` says the answer can stop there (a figure stays unsupported)."""
 
-    def __init__(self, emit: Callable[[list[int], str], None], question: str):
-        self.emit, self.question = emit, question
-        self.ids, self.text, self.holding = [], "", True
+    def __init__(self, emit: Callable[[list[int], str], None], question: str,
+                 check: Callable[[str], bool] | None = None):
+        self.emit, self.question, self.check = emit, question, check
+        self.ids, self.text, self.holding, self.doubted = [], "", True, False
 
     def feed(self, token_ids, text) -> None:
         if not self.holding:
@@ -66,8 +70,13 @@ class HeldAnswer:
             return
         self.ids += list(token_ids)
         self.text += text
-        if not may_become_refusal(self.text) and new_terms(re.sub(r"\S*$", "", self.text), self.question):
-            self.release()
+        complete = re.sub(r"\S*$", "", self.text)
+        if may_become_refusal(self.text) or not new_terms(complete, self.question):
+            return
+        if self.check is not None and not self.check(complete):
+            self.doubted = True
+            return
+        self.release()
 
     def release(self) -> None:
         if self.holding and (self.ids or self.text):
@@ -109,9 +118,10 @@ class PromptTooLong(ValueError):
 
 def _generate(request: GenerationRequest, target, messages: list[dict], grounded: bool, *, drafter, emit,
               cancelled: Callable[[], bool], generation_options: dict | None, prompt_cache=None,
-              conversation=None, constraint=None, tools=None) -> tuple:
+              conversation=None, constraint=None, tools=None, halt: Callable[[], bool] | None = None) -> tuple:
     """One generation of the answer: (result, stop_reason); stop strings end a grounded answer and
-    the repetition guard one that loops (stop_reason "repetition"). `prompt_cache`
+    the repetition guard one that loops (stop_reason "repetition"); `halt()` true ends it too (stop
+    reason "unsupported": the pipeline will not show what follows). `prompt_cache`
     (kvcache.PromptCache of the target): the prompt's shared prefix (the system turn with the
     grounding rules) is not prefilled again. `conversation` (sessions.Conversation): the turn
     follows its earlier ones and its KV state is the conversation's; a request's system_prompt
@@ -139,9 +149,12 @@ def _generate(request: GenerationRequest, target, messages: list[dict], grounded
         emit(token_ids, text)
 
     result = generate(target, prompt_ids, config, drafter=drafter if request.decoding_mode == "hsd" else None,
-                      request_id=request.request_id, on_block=block, should_stop=lambda: cancelled() or guard.tripped,
+                      request_id=request.request_id, on_block=block,
+                      should_stop=lambda: cancelled() or guard.tripped or bool(halt and halt()),
                       cache=prompt_cache, **_turn_options(conversation, constraint))
-    stop_reason = "repetition" if result.stop_reason == "cancelled" and not cancelled() else result.stop_reason
+    stop_reason = result.stop_reason
+    if stop_reason == "cancelled" and not cancelled():
+        stop_reason = "repetition" if guard.tripped else "unsupported"
     return result, stop_reason
 
 
@@ -235,17 +248,30 @@ def _without_model(request: GenerationRequest, text: str, reason: str, stats: di
     return Outcome(True, text=text, stats=stats)
 
 
+def _figure_check(question: str, passages: list, evidence: dict) -> Callable[[str], bool] | None:
+    """Whether an answer's figures stand in the passages beside what the question asks
+    (`support.py`); None when the retriever reported no specific terms to check against."""
+    specific = evidence.get("specific_terms")
+    if not specific or not passages:
+        return None
+    unknown = evidence.get("unknown_terms") or []
+    return lambda text: not unsupported_figures(text, question, passages, specific, unknown)
+
+
 def _grounded(request: GenerationRequest, target, passages: list, evidence: dict, stats: dict, emit, run: dict):
-    """(result, text, stop_reason) of a grounded answer, with its two re-checks: a bare refusal to a
+    """(result, text, stop_reason) of a grounded answer, with its re-checks: a bare refusal to a
     question whose every term the index knows is asked again without the refusal rule; an answer
     that repeats only the question's words is asked again for a complete sentence, and when that
-    adds nothing either, the answer is NOT_IN_DOCUMENTS. A replaced attempt is never streamed."""
+    adds nothing either, the answer is NOT_IN_DOCUMENTS; so is an answer whose first figure no
+    passage states beside what the question asks (it stops there). A replaced attempt is never
+    streamed."""
     question = request.prompt
+    check = _figure_check(question, passages, evidence)
 
     def attempt(**rules):
-        held = HeldAnswer(emit, question)
+        held = HeldAnswer(emit, question, check)
         result, stop_reason = _generate(request, target, compose_messages(question, passages, **rules), True,
-                                        emit=held.feed, **run)
+                                        emit=held.feed, halt=lambda: held.doubted, **run)
         return held, result, stop_reason
 
     held, result, stop_reason = attempt()
@@ -255,29 +281,44 @@ def _grounded(request: GenerationRequest, target, passages: list, evidence: dict
         stats["recheck"] = {"refused_new_tokens": result.stats.get("new_tokens", 0)}
         held, result, stop_reason = attempt(refusal=False)
     if stop_reason == "cancelled" or not adds_nothing(result.text, question):
-        held.release()
-        return result, result.text, stop_reason
+        return _settled(held, result, stop_reason, check, stats, emit)
     held.discard()
     stats["flags"].append("echo_rechecked")
     stats["echo"] = {"answer": result.text, "new_tokens": result.stats.get("new_tokens", 0)}
     held, result, stop_reason = attempt(in_full=True)
     if stop_reason == "cancelled" or not adds_nothing(result.text, question):
-        held.release()
-        return result, result.text, stop_reason
+        return _settled(held, result, stop_reason, check, stats, emit)
     held.discard()
     emit([], NOT_IN_DOCUMENTS)
     return result, NOT_IN_DOCUMENTS, stop_reason
 
 
+def _settled(held: HeldAnswer, result, stop_reason: str, check, stats: dict, emit) -> tuple:
+    """The attempt's answer, shown; one still held because a figure of it is not the documents'
+    (the 0.5B's "The price of a TurtleBot 4 is $1,000.") is replaced by NOT_IN_DOCUMENTS (flag
+    `unsupported_figure`, the answer in stats["unsupported"])."""
+    if stop_reason != "cancelled" and held.holding and check is not None and not check(result.text):
+        held.discard()
+        stats["flags"].append("unsupported_figure")
+        stats["unsupported"] = {"answer": result.text, "new_tokens": result.stats.get("new_tokens", 0)}
+        emit([], NOT_IN_DOCUMENTS)
+        return result, NOT_IN_DOCUMENTS, stop_reason
+    held.release()
+    return result, result.text, stop_reason
+
+
 def _echoed_parts(request: GenerationRequest, target, text: str, passages: list, stats: dict, emit, run: dict) -> str:
     """A question that joins several, answered with a clause that only restates one part ("The
-    access point covers Zone B, and ..."): that part is asked alone, from the passages its own
-    retrieval found, and what it adds is appended (after the source note of what came before, so
-    each half names its document). The streamed answer is never taken back, only continued."""
+    access point covers Zone B, and ...") or that repeats the figure an earlier clause gave
+    (`repeats_figure`): that part is asked alone, from the passages its own retrieval found, and
+    what it adds is appended (after the source note of what came before, so each half names its
+    document); a repeated figure, only when the part alone gives another. The streamed answer is
+    never taken back, only continued."""
     extra = []
     for part in stats.get("retrieval_detail", {}).get("parts", []):
         own = [passages[i] for i in part.get("passages", []) if i < len(passages)]
-        if not own or not echoes(text, part["question"]):
+        repeated = bool(own) and not echoes(text, part["question"]) and repeats_figure(text, part["question"])
+        if not own or not (repeated or echoes(text, part["question"])):
             continue
         question = part["question"][:1].upper() + part["question"][1:]
         result, stop_reason = _generate(request, target, compose_messages(question, own), True,
@@ -285,7 +326,9 @@ def _echoed_parts(request: GenerationRequest, target, text: str, passages: list,
         said = _without_question(result.text.strip(), question)
         stats.setdefault("parts_rechecked", []).append({"part": part["question"], "answer": said,
                                                         "new_tokens": result.stats.get("new_tokens", 0)})
-        if stop_reason != "cancelled" and not is_bare_refusal(said) and not adds_nothing(said, part["question"]):
+        check = _figure_check(question, own, stats["retrieval_detail"].get("evidence") or {})
+        if (stop_reason != "cancelled" and not is_bare_refusal(said) and not adds_nothing(said, part["question"])
+                and (check is None or check(said)) and not (repeated and set(figures(said)) <= set(figures(text)))):
             extra.append(said + source_note(said, own))
     if not extra:
         return text

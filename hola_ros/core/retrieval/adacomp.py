@@ -373,11 +373,15 @@ class AdaCompRetriever:
         identifiers the index holds, and the specific query terms that the selected passages still
         miss (the follow-up query of level 2); and what the index has never seen: the query's terms
         (`unknown_terms`; words that only ask, as in "how often", do not count) and its codes
-        (`unknown_codes`: E-999, CD-7; a measurement such as 1.5m/s starts with a digit: no code)."""
+        (`unknown_codes`: E-999, CD-7; a measurement such as 1.5m/s starts with a digit: no code); and
+        `specific_terms`, the query's terms that few passages hold, known or not (words that only ask
+        aside): what the figures of an answer must stand beside (`support.py`)."""
         concepts = lexical.concepts(query)
         known = self.store.lexical.known(concepts)
         unknown = [t for t in concepts if t not in known and t not in lexical.ASKING_WORDS]
         specific = [t for t in known if self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
+        rare = [t for t in concepts if t not in lexical.ASKING_WORDS
+                and self.store.lexical.doc_share(t) <= self.thresholds["specific_share"]]
         covered = set(lexical.terms(" ".join(p.text for p in passages)))
         ids = lexical.identifiers(query)
         return {"top_sim": max((c.dense for c in fused), default=0.0),
@@ -386,7 +390,8 @@ class AdaCompRetriever:
                 "identifiers": len(self.store.lexical.known(ids)),
                 "missing": [t for t in specific if t not in covered],
                 "unknown_terms": unknown,
-                "unknown_codes": [t for t in ids if t in unknown and t[0].isalpha()]}
+                "unknown_codes": [t for t in ids if t in unknown and t[0].isalpha()],
+                "specific_terms": rare}
 
 
 def gather_context(question: str, mode: str,

@@ -20,7 +20,9 @@ pipeline runs them): a question naming a code (E-999, CD-7) that no document hol
 index knows is asked once more without the refusal rule (`compose_messages(..., refusal=False)`);
 an answer that `adds_nothing` to the question ("CD-5" to "Where is CD-5?", the password answer
 above) is asked once more for a complete sentence (`in_full=True`), and is no answer when that
-adds nothing either.
+adds nothing either; an answer whose figure no passage states beside what the question asks is no
+answer either (`support.py`), and a later part answered with an earlier part's figure
+(`repeats_figure`) is asked alone.
 """
 from __future__ import annotations
 
@@ -106,9 +108,31 @@ def echoes(answer: str, part: str) -> bool:
     from .lexical import terms
 
     asked = set(terms(part))
-    clauses = re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|[;,]\s*", _said(answer))
+    clauses = _clauses(answer)
     return any(found and found <= asked and 3 * len(found) >= 2 * len(asked)
                for found in (set(terms(c)) for c in clauses))
+
+
+def _clauses(answer: str) -> list[str]:
+    """An answer's clauses: a clause ends at a sentence end, "and", ";" or ","."""
+    return [c for c in re.split(r"(?<=[.!?])\s+|,?\s+\band\b\s+|[;,]\s*", _said(answer)) if c.strip()]
+
+
+def repeats_figure(answer: str, part: str) -> bool:
+    """The clause that answers `part` (the clause sharing the most of its terms; the later one on a
+    tie) gives only figures that an earlier clause already gave: "The Create 3 adapter makes
+    available 28.8W of power, and the total power draw of the TurtleBot 4 is 28.8W." (the 0.5B,
+    one value read for both parts of a question)."""
+    from .lexical import terms
+    from .support import figures
+
+    asked, clauses = set(terms(part)), _clauses(answer)
+    if len(clauses) < 2:
+        return False
+    best = max(range(len(clauses)), key=lambda i: (len(asked & set(terms(clauses[i]))), i))
+    given = set(figures(clauses[best])) - set(figures(part))
+    earlier = {f for c in clauses[:best] for f in figures(c)}
+    return best > 0 and bool(given) and given <= earlier
 
 
 def _plain(text: str) -> str:
