@@ -65,3 +65,26 @@ def test_an_exploring_level_1_proposes_at_least_one_token_so_its_estimate_refres
     assert p.l1_prefix([0.2, 0.1], [0.1, 0.2], exploring=True) == 1  # ...but the verdict is what exploring buys
     plans = [p.plan([], 8, unread=1) for _ in range(EXPLORE_EVERY)]
     assert plans[-1].level == "l1" and plans[-1].exploring and not any(x.exploring for x in plans[:-1])
+
+
+def test_on_an_engine_that_pads_to_even_rows_an_odd_row_costs_its_padded_call():
+    from hola_ros.core.hsd import padded_curve
+
+    curve = {1: 1.0, 2: 1.0, 4: 1.2, 8: 1.8}  # measured with the padding (B=1 ran as 2 rows)
+    assert padded_curve(curve, 1) is curve
+    dense = padded_curve(curve, 2)
+    assert sorted(dense) == list(range(1, 9))
+    assert dense[1] == dense[2] == 1.0 and dense[3] == dense[4] == 1.2 and dense[5] == dense[6] == pytest.approx(1.5)
+
+
+def test_the_row_padding_would_waste_carries_one_more_copied_token():
+    from hola_ros.core.hsd import padded_curve
+
+    curve = {1: 1.0, 2: 1.0, 4: 1.2, 8: 1.8}
+    for multiple, wanted in ((1, 2), (2, 3)):
+        p = DraftPolicy(StepCost(padded_curve(curve, multiple), 0.1), None, max_order=4)
+        for _ in range(30):
+            p.observe([("l0", 1)] * 2, 1)  # order-1 copies: about half kept
+        plan = p.plan([1, 1, 1, 1], 8, unread=0)
+        # unpadded, 3 rows look cheaper than 4; padded, 3 rows cost 4, so the fourth row carries a token
+        assert (plan.level, plan.l0_tokens) == ("l0", wanted)

@@ -79,13 +79,23 @@ class _Counters:
         self.gated = 0  # tokens kept by the entropy gate that the target would have changed
 
 
+def padded_curve(curve: dict, multiple: int) -> dict:
+    """An engine's rows curve at every row count up to its largest, where calls are padded to a
+    multiple of `multiple` rows: a count costs its padded call, so the drafter sees that the row an
+    odd block would waste on padding can carry one more drafted token for nothing."""
+    if multiple <= 1 or not curve:
+        return curve
+    cost = StepCost(curve, 1.0)
+    return {rows: round(cost.ratio(-(-rows // multiple) * multiple), 4) for rows in range(1, max(map(int, curve)) + 1)}
+
+
 class _TargetClock:
     """The target's one-row step time, followed from every verification step (it moves with the
     context length and with other load on the CPU): what the drafter's policy weighs drafts against."""
 
     def __init__(self, target):
         info = getattr(target, "info", {})
-        self.curve = info.get("verify_cost") or {}
+        self.curve = padded_curve(info.get("verify_cost") or {}, int(info.get("row_multiple") or 1))
         self.cost = StepCost(self.curve, info.get("step_s") or 0.0) if self.curve and info.get("step_s") else None
 
     def target_cost(self, adaptive: bool) -> TargetCost | None:
