@@ -103,9 +103,6 @@ def _table(manifest: dict) -> None:
                        f"{b['bytes'] / 1e6:.2f}", " ".join(ranks.get(name, [])) or "-")
     con.print(blocks)
     by = manifest["bytes"]
-    summary = Table(title="Summary", show_header=False)
-    summary.add_column("k")
-    summary.add_column("v")
     rows = [("base", f"{manifest['base']['id']} ({manifest['base']['sha256'][:12]})"),
             ("budget", f"{manifest['quant']['budget_mb']} MB (min feasible {manifest['quant']['min_feasible_mb']:.1f})"),
             ("weights", f"{by['weights'] / 1e6:.1f} MB = {by['weights'] / by['base_fp32']:.3f} x fp32 "
@@ -117,9 +114,7 @@ def _table(manifest: dict) -> None:
             ("logits rel. error", f"{manifest['error']['logits_rel_error']:.3f}"),
             ("top-1 agreement", f"{manifest['error']['top1_agreement']:.3f}"),
             ("exports", ", ".join(manifest.get("exports", {})) or "-")]
-    for k, v in rows:
-        summary.add_row(k, v)
-    con.print(summary)
+    _print_summary(con, rows)
 
 
 def _command(args, model: str) -> str:
@@ -222,9 +217,6 @@ def _engine_table(manifest: dict) -> None:
         blocks.add_row(name, b["format"], f"{b['bytes'] / 1e6:.2f}", *errs, *sizes)
     con.print(blocks)
     by, q = manifest["bytes"], manifest["quality"]
-    summary = Table(title="Summary", show_header=False)
-    summary.add_column("k")
-    summary.add_column("v")
     rows = [("base", f"{manifest['base']['spec']} ({manifest['base']['gguf_sha256'][:12]})"),
             ("budget", f"{manifest['quant']['budget_mb']:g} MB (min feasible {manifest['quant']['min_feasible_mb']:.1f})"),
             ("weights", f"{by['weights'] / 1e6:.1f} MB = {by['weights'] / by['reference_engine']:.3f} x the GGUF "
@@ -233,6 +225,15 @@ def _engine_table(manifest: dict) -> None:
             ("KL per token", f"{q['kl_per_token']:.4f} (vs the GGUF engine, {q['tokens']} held-out tokens)"),
             ("top-1 agreement", f"{q['top1_agreement']:.3f}"),
             ("row-invariant", str(manifest["row_invariant"]))]
+    _print_summary(con, rows)
+
+
+def _print_summary(con, rows: list[tuple[str, str]]) -> None:
+    from rich.table import Table
+
+    summary = Table(title="Summary", show_header=False)
+    summary.add_column("k")
+    summary.add_column("v")
     for k, v in rows:
         summary.add_row(k, v)
     con.print(summary)
