@@ -73,8 +73,9 @@ def test_on_an_engine_that_pads_to_even_rows_an_odd_row_costs_its_padded_call():
     curve = {1: 1.0, 2: 1.0, 4: 1.2, 8: 1.8}  # measured with the padding (B=1 ran as 2 rows)
     assert padded_curve(curve, 1) is curve
     dense = padded_curve(curve, 2)
-    assert sorted(dense) == list(range(1, 9))
+    assert sorted(dense) == list(range(1, 17))  # past the measured 8 rows: a block of 8 drafts is 9 rows
     assert dense[1] == dense[2] == 1.0 and dense[3] == dense[4] == 1.2 and dense[5] == dense[6] == pytest.approx(1.5)
+    assert dense[9] == dense[10] == pytest.approx(2.1) and dense[8] == 1.8  # the curve's last slope, padded
 
 
 def test_the_row_padding_would_waste_carries_one_more_copied_token():

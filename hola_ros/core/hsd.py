@@ -82,11 +82,13 @@ class _Counters:
 def padded_curve(curve: dict, multiple: int) -> dict:
     """An engine's rows curve at every row count up to its largest, where calls are padded to a
     multiple of `multiple` rows: a count costs its padded call, so the drafter sees that the row an
-    odd block would waste on padding can carry one more drafted token for nothing."""
+    odd block would waste on padding can carry one more drafted token for nothing. It runs to twice
+    the measured curve: a block of draft_len_max (16) tokens is 17 rows, and past its last point the
+    drafter extrapolates, which across a padding plateau would price the extra rows at nothing."""
     if multiple <= 1 or not curve:
         return curve
     cost = StepCost(curve, 1.0)
-    return {rows: round(cost.ratio(-(-rows // multiple) * multiple), 4) for rows in range(1, max(map(int, curve)) + 1)}
+    return {rows: round(cost.ratio(-(-rows // multiple) * multiple), 4) for rows in range(1, 2 * max(map(int, curve)) + 1)}
 
 
 class _TargetClock:
