@@ -46,9 +46,11 @@ def default_embedder_path() -> Path:
 
 
 def model_name(path: Path) -> str:
-    """A stable name for the manifest: the packaged model's name, else the directory name."""
+    """A stable name for the manifest: the packaged model's name (its package's folder, in whichever
+    environment: an index built from another checkout's venv names the same model), else the
+    directory name."""
     try:
-        if path.resolve() == default_embedder_path().resolve():
+        if path.resolve().parts[-2:] == default_embedder_path().resolve().parts[-2:]:
             return DEFAULT_EMBEDDER
     except FileNotFoundError:
         pass
