@@ -299,6 +299,26 @@ def test_an_answer_whose_figure_stands_beside_what_was_asked_streams_as_before(m
     assert "unsupported_figure" not in unchecked.stats["flags"]
 
 
+def test_an_answer_naming_what_no_passage_names_is_refused_unseen(monkeypatch):
+    """The 0.5B's invented GPU: no passage names NVIDIA, so the answer stops there and is never shown;
+    a name the passages hold ("TurtleBot 4" in the table) streams as before."""
+    monkeypatch.setattr(pipeline, "generate", _model_saying(["The GPU of the", " TurtleBot 4 is", " an NVIDIA",
+                                                             " GeForce", " GTX 1080."]))
+    streamed = []
+    request = GenerationRequest(prompt="Which GPU model does the TurtleBot 4 have?", request_id="q", max_new_tokens=32,
+                                decoding_mode="ar")
+    outcome = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(["gpu", "model"]),
+                              on_block=lambda ids, text: streamed.append(text))
+    assert outcome.text == "".join(streamed) == NOT_IN_DOCUMENTS
+    assert "unsupported_name" in outcome.stats["flags"] and "unsupported_figure" not in outcome.stats["flags"]
+    assert outcome.stats["unsupported"]["answer"] == "The GPU of the TurtleBot 4 is an NVIDIA GeForce"  # stopped there
+    assert outcome.stats["unsupported"]["not_in_documents"] == ["NVIDIA", "GeForce"]
+    assert outcome.stats["stop_reason"] == "unsupported"
+    monkeypatch.setattr(pipeline, "generate", _model_saying(["The robot", " is a TurtleBot 4."]))
+    named = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(["gpu", "model"]))
+    assert named.text == "The robot is a TurtleBot 4. [features.md]" and "unsupported_name" not in named.stats["flags"]
+
+
 def test_a_later_part_given_the_figure_of_an_earlier_one_is_asked_alone(monkeypatch):
     power = Passage("The Create 3 adapter makes 28.8 W available.", "power.md", 0.5)
     draw = Passage("The total power draw of the TurtleBot 4 is 15 W.", "budget.md", 0.5)

@@ -1,6 +1,6 @@
 """support.py: an answer's figures must stand in the passages beside what the question asks."""
 from hola_ros.core.retrieval.adacomp import Passage
-from hola_ros.core.retrieval.support import figures, unsupported_figures
+from hola_ros.core.retrieval.support import figures, unsupported_figures, unsupported_names
 
 SPECS = Passage("# Features > Specifications\n| Feature | TurtleBot 4 Lite | TurtleBot 4 |\n|---|---|---|\n"
                 "| Maximum payload | 9 kg | 9 kg |\n| Battery life | 2h 30m - 4h depending on load | 2h 30m - 4h |\n"
@@ -49,3 +49,23 @@ def test_words_the_index_does_not_know_and_figures_the_question_holds_do_not_cou
     assert unsupported_figures(answer, q, [BATTERY], specific) == ["48"]  # "voltage" counted: no unit holds it
     assert unsupported_figures("The TurtleBot 4 is 4.", "What is the TurtleBot 4?", [SPECS], ["maximum"]) == []
     assert unsupported_figures("No figure here.", "What is the price?", [SPECS], ["price"]) == []
+
+
+NAVIGATOR = Passage("# TurtleBot 4 Navigator > GPTNode\nThe node runs on the Raspberry Pi® 4 with the OAK-D-Pro camera "
+                    "of the Create® 3 base.", "turtlebot4/tutorials/turtlebot4_navigator.md", 0.5)
+
+
+def test_names_no_passage_holds_are_the_models_own():
+    q = "Which GPU model does the TurtleBot 4 have?"
+    assert unsupported_names("The GPU model for the TurtleBot 4 is NVIDIA GeForce GTX 1080.", q, [NAVIGATOR]) == [
+        "NVIDIA", "GeForce", "GTX"]
+    assert unsupported_names("It has an Intel chip. Nothing else.", q, [NAVIGATOR]) == ["Intel"]  # inside a sentence
+
+
+def test_names_are_read_in_letters_and_digits_and_sentence_starts_are_not_names():
+    q = "Which camera does the TurtleBot 4 have?"
+    # "OAK-D Pro" and "Create 3" are the passage's "OAK-D-Pro" and "Create® 3"; "It", "Yes" begin sentences
+    assert unsupported_names("It has the OAK-D Pro on the Create 3. Yes, the Raspberry Pi 4 runs it. I think so.",
+                             q, [NAVIGATOR]) == []
+    assert unsupported_names("The TurtleBot 4 has a camera [turtlebot4/tutorials/turtlebot4_navigator.md].", q,
+                             [NAVIGATOR]) == []  # the source note is not the answer's

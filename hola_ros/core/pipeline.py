@@ -17,7 +17,7 @@ from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, a
                                                documents_unavailable_answer, echoes, follow_up_messages,
                                                is_bare_refusal, may_become_refusal, new_terms, repeats_figure,
                                                source_note, unknown_codes_answer)
-from hola_ros.core.retrieval.support import figures, unsupported_figures
+from hola_ros.core.retrieval.support import figures, names_check, unsupported_figures
 from hola_ros.core.scheduler import Outcome
 from hola_ros.core.sessions import turn_messages
 
@@ -56,11 +56,12 @@ class HeldAnswer:
     """Streams a grounded answer once it says something: text is held back while it may still be
     the bare refusal or repeats only the question's own words (complete words; the last one may
     be unfinished), so an answer the pipeline replaces is never shown; any other flows on at once.
-    `check(text)`: whether the text so far may be shown (its figures are the documents'); text that
-    fails it is held, and `doubted` says the answer can stop there (a figure stays unsupported)."""
+    `check(text)`: what of the text so far the documents do not support (its figures and names,
+    `_support_check`); text with something unsupported is held, and `doubted` says the answer can
+    stop there (it stays unsupported)."""
 
     def __init__(self, emit: Callable[[list[int], str], None], question: str,
-                 check: Callable[[str], bool] | None = None):
+                 check: Callable[[str], list[str]] | None = None):
         self.emit, self.question, self.check = emit, question, check
         self.ids, self.text, self.holding, self.doubted = [], "", True, False
 
@@ -73,7 +74,7 @@ class HeldAnswer:
         complete = re.sub(r"\S*$", "", self.text)
         if may_become_refusal(self.text) or not new_terms(complete, self.question):
             return
-        if self.check is not None and not self.check(complete):
+        if self.check is not None and self.check(complete):
             self.doubted = True
             return
         self.release()
@@ -248,14 +249,17 @@ def _without_model(request: GenerationRequest, text: str, reason: str, stats: di
     return Outcome(True, text=text, stats=stats)
 
 
-def _figure_check(question: str, passages: list, evidence: dict) -> Callable[[str], bool] | None:
-    """Whether an answer's figures stand in the passages beside what the question asks
-    (`support.py`); None when the retriever reported no specific terms to check against."""
-    specific = evidence.get("specific_terms")
-    if not specific or not passages:
+def _support_check(question: str, passages: list, evidence: dict) -> Callable[[str], list[str]] | None:
+    """What of an answer the passages do not support (`support.py`): its figures that no passage states
+    beside what the question asks (when the retriever reported specific terms to check against), then
+    its names that no passage holds; None without passages."""
+    if not passages:
         return None
-    unknown = evidence.get("unknown_terms") or []
-    return lambda text: not unsupported_figures(text, question, passages, specific, unknown)
+    names = names_check(question, passages)
+    specific, unknown = evidence.get("specific_terms"), evidence.get("unknown_terms") or []
+    if not specific:
+        return names
+    return lambda text: unsupported_figures(text, question, passages, specific, unknown) or names(text)
 
 
 def _grounded(request: GenerationRequest, target, passages: list, evidence: dict, stats: dict, emit, run: dict):
@@ -266,7 +270,7 @@ def _grounded(request: GenerationRequest, target, passages: list, evidence: dict
     passage states beside what the question asks (it stops there). A replaced attempt is never
     streamed."""
     question = request.prompt
-    check = _figure_check(question, passages, evidence)
+    check = _support_check(question, passages, evidence)
 
     def attempt(**rules):
         held = HeldAnswer(emit, question, check)
@@ -294,13 +298,17 @@ def _grounded(request: GenerationRequest, target, passages: list, evidence: dict
 
 
 def _settled(held: HeldAnswer, result, stop_reason: str, check, stats: dict, emit) -> tuple:
-    """The attempt's answer, shown; one still held because a figure of it is not the documents'
-    (the 0.5B's "The price of a TurtleBot 4 is $1,000.") is replaced by NOT_IN_DOCUMENTS (flag
-    `unsupported_figure`, the answer in stats["unsupported"])."""
-    if stop_reason != "cancelled" and held.holding and check is not None and not check(result.text):
+    """The attempt's answer, shown; one still held because a figure or name of it is not the
+    documents' (the 0.5B's "The price of a TurtleBot 4 is $1,000.", "... is NVIDIA GeForce GTX 1080.")
+    is replaced by NOT_IN_DOCUMENTS (flag `unsupported_figure` or `unsupported_name`, the answer and
+    what it lacks in stats["unsupported"])."""
+    unsupported = check(result.text) if stop_reason != "cancelled" and held.holding and check is not None else []
+    if unsupported:
         held.discard()
-        stats["flags"].append("unsupported_figure")
-        stats["unsupported"] = {"answer": result.text, "new_tokens": result.stats.get("new_tokens", 0)}
+        kind = "figure" if set(unsupported) & set(figures(result.text)) else "name"
+        stats["flags"].append(f"unsupported_{kind}")
+        stats["unsupported"] = {"answer": result.text, "new_tokens": result.stats.get("new_tokens", 0),
+                                "not_in_documents": unsupported}
         emit([], NOT_IN_DOCUMENTS)
         return result, NOT_IN_DOCUMENTS, stop_reason
     held.release()
@@ -326,9 +334,9 @@ def _echoed_parts(request: GenerationRequest, target, text: str, passages: list,
         said = _without_question(result.text.strip(), question)
         stats.setdefault("parts_rechecked", []).append({"part": part["question"], "answer": said,
                                                         "new_tokens": result.stats.get("new_tokens", 0)})
-        check = _figure_check(question, own, stats["retrieval_detail"].get("evidence") or {})
+        check = _support_check(question, own, stats["retrieval_detail"].get("evidence") or {})
         if (stop_reason != "cancelled" and not is_bare_refusal(said) and not adds_nothing(said, part["question"])
-                and (check is None or check(said)) and not (repeated and set(figures(said)) <= set(figures(text)))):
+                and (check is None or not check(said)) and not (repeated and set(figures(said)) <= set(figures(text)))):
             extra.append(said + source_note(said, own))
     if not extra:
         return text

@@ -17,6 +17,11 @@ terms are the retriever's (`evidence["specific_terms"]`: the question's terms th
 "temperature", not "TurtleBot" or "robot"); a term counts when a unit's word extends it by a
 suffix, as the retrieval itself counts it ("weigh" -> "Weight").
 
+Names are checked more simply: a name of the answer (a word written with a capital inside it,
+"NVIDIA", "GeForce", "iRobot"; one joining letters and digits, "GTX1080", "M4"; or a capitalised
+word inside a sentence) that neither the question nor any passage holds is the model's own: the
+0.5B's "NVIDIA GeForce GTX 1080" for a GPU the manuals never name.
+
 Chosen on the tune halves (docs/retrieval.md, "Figures the documents support"): on the 0.5B's
 answers it refused three of the four invented answers with a figure on the manuals' tune half
 (the fourth, "2A" as an IP rating for water resistance, stands in a unit holding as many of the
@@ -27,6 +32,7 @@ and one right answer ("60 mm" for "How high can the Tern T2 lift its top plate?"
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from . import lexical
 from .chunking import split_units
@@ -36,6 +42,10 @@ SUPPORT_MIN = 0.5  # share of a question part's specific terms the figure's unit
 _NUMBER = re.compile(r"(?<![\w.,/-])\d+(?:[.,]\d+)*")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
 _SOURCE_TAG = re.compile(r"\[[^\s\[\]]+\]")
+# a word with a capital after its first letter, one mixing letters and digits, or a capitalised word
+# that does not begin a sentence
+_NAME = re.compile(r"\b(?:[A-Za-z]+[A-Z][\w-]*|[A-Za-z]+\d[\w-]*|\d+[A-Za-z][\w-]*)\b|(?<![.!?:]\s)(?<!^)\b[A-Z][a-z]+\b")
+_FOLD = re.compile(r"[^a-z0-9]+")
 
 
 def figures(text: str) -> list[str]:
@@ -82,3 +92,25 @@ def unsupported_figures(answer: str, question: str, passages, specific_terms, un
         return False
 
     return [f for f in said if not stated(f)]
+
+
+def _folded(text: str) -> str:
+    """Lower case, letters and digits only ("Create® 3" and "create 3" read the same)."""
+    return _FOLD.sub("", text.lower())
+
+
+def names_check(question: str, passages) -> Callable[[str], list[str]]:
+    """unsupported_names for one question and its passages, the passages read once."""
+    held = _folded(question) + " " + " ".join(_folded(f"{p.source} {p.text}") for p in passages)
+
+    def unsupported(answer: str) -> list[str]:
+        said = _SOURCE_TAG.sub(" ", answer)
+        return [name for name in dict.fromkeys(m.group(0) for m in _NAME.finditer(said))
+                if name != "I" and _folded(name) not in held]
+    return unsupported
+
+
+def unsupported_names(answer: str, question: str, passages) -> list[str]:
+    """The answer's names (see the module doc) that neither the question nor a passage holds, read
+    letters and digits only, in any case ("OAK-D Pro" is "oakdpro")."""
+    return names_check(question, passages)(answer)
