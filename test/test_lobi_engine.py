@@ -118,6 +118,35 @@ def test_calls_are_padded_to_even_rows_where_the_4bit_kernel_rounds_a_lone_row_d
     assert not _blocks_equal_steps(model, ids, blocks=(5,))
 
 
+def test_the_same_engine_loaded_to_draft_is_neither_padded_nor_spinning_and_output_stays_exact(built):
+    """A drafter's rows need no invariance (the target checks every token it proposes): loaded as level 1
+    the padded engine runs lone rows on their own kernel, its threads sleep between calls (they share
+    the cores with the target's), and greedy HSD with it still equals the target's plain decoding."""
+    from hola_ros.core.drafters import LocalDrafter
+    from hola_ros.core.engines import load_engine, load_l1
+    from hola_ros.core.hsd import GenerationConfig, generate
+
+    path, _ = built["tight"]
+    target = load_engine(str(path), threads=2)
+    l1 = load_l1(str(path), threads=2)
+    assert l1.info["drafter"] and l1.info["row_invariant"] is None and l1.info["row_multiple"] == 1
+    assert target.info["row_multiple"] == 2 and not target.info.get("drafter")
+
+    def spins(model) -> bool:
+        options = model.new_session().sess.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            return True
+    assert not spins(l1) and spins(target)
+    prompt = target.encode("Write the numbers from one to twenty in words: one, two, three,")
+    ar = generate(target, prompt, GenerationConfig(mode="ar", max_new_tokens=32))
+    hsd = generate(target, prompt, GenerationConfig(mode="hsd", max_new_tokens=32, adaptive_draft=False, draft_len=4),
+                   drafter=LocalDrafter(ngram=False, model=l1))
+    assert hsd.token_ids == ar.token_ids and hsd.stats["exact"]
+    assert hsd.stats["proposed_per_level"]["L1"] > 0
+
+
 def test_a_budget_below_every_block_at_4_bits_is_refused_with_the_minimum(tmp_path, capsys):
     from hola_ros.cli import main
 

@@ -31,8 +31,10 @@ _log = logging.getLogger("hola_ros.engines")
 
 
 def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto", dtype: str = "float32",
-                threads: int | None = None, device: str = "cpu", packed: bool = True):
-    """Load `spec` (None: the default served model) on `backend`; see the module doc."""
+                threads: int | None = None, device: str = "cpu", packed: bool = True, drafter: bool = False):
+    """Load `spec` (None: the default served model) on `backend`; see the module doc. drafter=True:
+    an ONNX Runtime engine that only drafts (level 1): its calls are not padded for row invariance
+    (the target checks every token it proposes) and its threads do not spin between calls."""
     from hola_ros.core.lobi import is_artifact, load_artifact
     from hola_ros.core.models import load_model
 
@@ -50,7 +52,7 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
                                     f"quality profile's)")
         spec = str(built)
     if is_artifact(spec):
-        return load_artifact(spec, backend=backend, threads=threads, device=device)
+        return load_artifact(spec, backend=backend, threads=threads, device=device, drafter=drafter)
     path = _spec_path(spec)
     is_gguf = path.suffix.lower() == ".gguf"
     if not path.exists():
@@ -59,7 +61,7 @@ def load_engine(spec: str | os.PathLike | None = None, *, backend: str = "auto",
     if backend == "tensorrt" and not is_gguf:
         raise ValueError(f"backend tensorrt runs GGUF engines and Lo-Bi artifacts; {spec!r} is neither")
     if is_gguf and backend in ("auto", "onnxruntime", "tensorrt") and dtype in ("float32", "gguf"):
-        return load_gguf(path, threads=threads, device="tensorrt" if backend == "tensorrt" else device)
+        return load_gguf(path, threads=threads, device="tensorrt" if backend == "tensorrt" else device, drafter=drafter)
     if backend == "onnxruntime":
         raise ValueError(f"backend onnxruntime needs a .gguf file or a Lo-Bi artifact, not {spec!r} "
                          f"(dtype {dtype!r} runs on torch)")
@@ -117,7 +119,7 @@ def load_l1(spec: str | None, target_spec: str | None = None, *, backend: str = 
         return None
     if spec == "int8":
         return load_engine(target_spec, backend="torch", dtype="int8", threads=threads, device=device)
-    return load_engine(spec, backend=backend, threads=threads, device=device)
+    return load_engine(spec, backend=backend, threads=threads, device=device, drafter=True)
 
 
 def engine_cache(gguf: Path, accuracy_level: int = 4) -> Path:
@@ -169,19 +171,20 @@ def _providers(device: str) -> list[str]:
 
 
 def load_gguf(gguf: Path, threads: int | None = None, device: str = "cpu", accuracy_level: int = 4,
-              pad_rows: bool = True):
+              pad_rows: bool = True, drafter: bool = False):
     """A GGUF on the ONNX Runtime engine (weights quantized, see gguf_import). `accuracy_level` and
     `pad_rows` other than the defaults exist to show what breaks without the invariance machinery."""
     t0 = time.perf_counter()
     loaded = load_engine_dir(engine_cache(gguf, accuracy_level), threads, device, name=Path(gguf).stem,
-                             pad_rows=pad_rows)
+                             pad_rows=pad_rows, drafter=drafter)
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
 
 def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu", name: str | None = None,
-                    extra_outputs: tuple[str, ...] = (), pad_rows: bool = True):
-    """An engine directory written by gguf_import.convert (the cache of a GGUF, or a Lo-Bi engine)."""
+                    extra_outputs: tuple[str, ...] = (), pad_rows: bool = True, drafter: bool = False):
+    """An engine directory written by gguf_import.convert (the cache of a GGUF, or a Lo-Bi engine);
+    drafter: see load_engine."""
     from gguf import GGMLQuantizationType, quants
 
     from hola_ros.core.models import LoadedModel
@@ -192,7 +195,7 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     spec = meta["spec"]
-    sess = ort_session(folder / "model.onnx", threads, providers=_providers(device))
+    sess = ort_session(folder / "model.onnx", threads, providers=_providers(device), spinning=not drafter)
     table = np.load(folder / "embeddings.npy", mmap_mode="r")  # raw GGUF rows, paged in on use
     qtype, hidden = GGMLQuantizationType[meta["embedding_type"]], spec["hidden"]
 
@@ -220,13 +223,13 @@ def load_engine_dir(folder: Path, threads: int | None = None, device: str = "cpu
                        weights_bytes=(folder / "weights.data").stat().st_size,
                        embedding_bytes=(folder / "embeddings.npy").stat().st_size,
                        weights_exact=fidelity.count("exact"), weights_near=fidelity.count("near"))
-    characterize(loaded, pad_rows=pad_rows)
+    characterize(loaded, pad_rows=pad_rows, drafter=drafter)
     loaded.context_length = positions - loaded.info.get("row_multiple", 1)  # padding rows need positions too
     loaded.load_s = time.perf_counter() - t0
     return loaded
 
 
-def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True):
+def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True, drafter: bool = False):
     """Measure what the HSD loop relies on, on the loaded model itself: whether a verified block
     gives bitwise the logits of one-token steps (info["row_invariant"]; decides whether greedy
     HSD is guaranteed to reproduce plain decoding) and what a step of B rows costs relative to one
@@ -234,25 +237,34 @@ def characterize(model, rows=(1, 2, 4, 8, 16), pad_rows: bool = True):
     kernels round a lone row differently (MatMulNBits on 4-bit blocks of 64 or more computes rows
     in pairs and a left-over row on a one-row kernel of its own) is probed again with every call
     padded to an even number of rows (info["row_multiple"], read by its sessions), and keeps the
-    padding if that makes it invariant."""
+    padding if that makes it invariant. A drafter's rows need not be invariant: it is not probed
+    (info["row_invariant"] None) and never padded."""
     ids = model.encode("Row invariance probe: the quick brown fox jumps over the lazy dog. " * 3)
+    if drafter:
+        model.info.update(drafter=True, row_invariant=None, row_multiple=1)
+        _measure_steps(model, ids, rows)
+        return model
     same = _blocks_equal_steps(model, ids)
     if not same and pad_rows and model.info.get("backend") == "onnxruntime" and model.info.get("row_multiple", 1) == 1:
         model.info["row_multiple"] = 2
         same = _blocks_equal_steps(model, ids)
         if not same:
             model.info["row_multiple"] = 1
+    _measure_steps(model, ids, rows)
+    model.info["row_invariant"] = bool(model.info.get("row_invariant", True)) and same
+    if not model.info["row_invariant"]:
+        _log.warning("%s: a verified block differs from one-token steps: greedy HSD output is NOT guaranteed "
+                     "to equal plain decoding (answers say exact: false)", model.name)
+    return model
+
+
+def _measure_steps(model, ids: list[int], rows) -> None:
     session = model.new_session()
     try:
         session.forward(ids[:16], last_only=True)
         model.info["step_s"], model.info["verify_cost"] = _step_costs(session, 16, ids[16:16 + max(rows)], rows)
     finally:
         session.close()
-    model.info["row_invariant"] = bool(model.info.get("row_invariant", True)) and same
-    if not model.info["row_invariant"]:
-        _log.warning("%s: a verified block differs from one-token steps: greedy HSD output is NOT guaranteed "
-                     "to equal plain decoding (answers say exact: false)", model.name)
-    return model
 
 
 def _blocks_equal_steps(model, ids: list[int], blocks=(4, 5)) -> bool:

@@ -15,7 +15,11 @@ import numpy as np
 from hola_ros.core.memory import drop_file_pages, trim_heap
 
 
-def ort_session(onnx_path, threads: int | None, providers: list | None = None, provider_options=None):
+def ort_session(onnx_path, threads: int | None, providers: list | None = None, provider_options=None,
+                spinning: bool = True):
+    """spinning=False: the session's threads sleep as soon as a call ends instead of spinning for the
+    next one; what a drafter's session needs, whose calls alternate with the target's on the same
+    cores (spinning, each stole the other's cores: docs/engine.md, "Two engines on two cores")."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -24,6 +28,8 @@ def ort_session(onnx_path, threads: int | None, providers: list | None = None, p
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(onnx_path), opts, providers=providers or ["CPUExecutionProvider"],
                                 provider_options=provider_options)
     for data in Path(onnx_path).parent.glob("*.data"):  # repacked tensors' file pages: not read again

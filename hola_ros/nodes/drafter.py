@@ -43,7 +43,7 @@ class DrafterNode(HolaNode):
 
         spec = self.param("l1_model")
         model = load_engine(spec, backend=self.param("backend"), dtype=self.param("dtype"), threads=self.param("threads"),
-                            device=self.param("device")) if spec else None
+                            device=self.param("device"), drafter=True) if spec else None
         self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
         self._srv = self.create_service(Draft, DRAFT, self._on_draft,
                                         callback_group=MutuallyExclusiveCallbackGroup())

@@ -180,7 +180,8 @@ def auto_backend(path, manifest: dict, trt_ok: bool | None = None) -> str:
     return "torch"
 
 
-def _load_engine_artifact(path: Path, manifest: dict, backend: str, threads: int | None, device: str) -> LoadedModel:
+def _load_engine_artifact(path: Path, manifest: dict, backend: str, threads: int | None, device: str,
+                          drafter: bool = False) -> LoadedModel:
     """An engine build's directory is an engine: it holds every weight it computes with, so it
     needs no base model at run time (the manifest names it, with its sha256)."""
     from hola_ros.core.engines import load_engine_dir
@@ -188,17 +189,18 @@ def _load_engine_artifact(path: Path, manifest: dict, backend: str, threads: int
     if backend not in ("auto", "onnxruntime", "tensorrt"):
         raise ValueError(f"{path} is a Lo-Bi engine for ONNX Runtime; backend {backend!r} cannot run it")
     loaded = load_engine_dir(path, threads, "tensorrt" if backend == "tensorrt" else device,
-                             name=f"lobi:{manifest['base']['name']}@{manifest['quant']['budget_mb']:g}MB")
+                             name=f"lobi:{manifest['base']['name']}@{manifest['quant']['budget_mb']:g}MB", drafter=drafter)
     loaded.info.update(artifact=str(path), manifest=manifest)
     return loaded
 
 
 def load_artifact(path, backend: str = "auto", threads: int | None = None, base=None,
-                  verify_base: bool = True, device: str = "cpu") -> LoadedModel:
+                  verify_base: bool = True, device: str = "cpu", drafter: bool = False) -> LoadedModel:
     """Load a Lo-Bi artifact as a LoadedModel whose new_session() runs on `backend`.
 
     `base` is the target model the artifact must have been built from (spec or LoadedModel);
     by default the base recorded in the manifest is checked. A mismatch raises BaseMismatch.
+    drafter: an engine build loaded to draft (engines.load_engine).
     """
     import time
 
@@ -208,7 +210,7 @@ def load_artifact(path, backend: str = "auto", threads: int | None = None, base=
     path = Path(path)
     manifest = read_manifest(path)
     if manifest["version"] == ENGINE_VERSION:
-        return _load_engine_artifact(path, manifest, backend, threads, device)
+        return _load_engine_artifact(path, manifest, backend, threads, device, drafter)
     if verify_base:
         check_base(path, manifest, base)
     if backend == "auto":
