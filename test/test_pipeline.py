@@ -303,7 +303,7 @@ def test_an_answer_naming_what_no_passage_names_is_refused_unseen(monkeypatch):
     """The 0.5B's invented GPU: no passage names NVIDIA, so the answer stops there and is never shown;
     a name the passages hold ("TurtleBot 4" in the table) streams as before."""
     monkeypatch.setattr(pipeline, "generate", _model_saying(["The GPU of the", " TurtleBot 4 is", " an NVIDIA",
-                                                             " GeForce", " GTX 1080."]))
+                                                             " GeForce", " GTX card.", " It is", " fast."]))
     streamed = []
     request = GenerationRequest(prompt="Which GPU model does the TurtleBot 4 have?", request_id="q", max_new_tokens=32,
                                 decoding_mode="ar")
@@ -317,6 +317,29 @@ def test_an_answer_naming_what_no_passage_names_is_refused_unseen(monkeypatch):
     monkeypatch.setattr(pipeline, "generate", _model_saying(["The robot", " is a TurtleBot 4."]))
     named = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(["gpu", "model"]))
     assert named.text == "The robot is a TurtleBot 4. [features.md]" and "unsupported_name" not in named.stats["flags"]
+
+
+def test_what_is_checked_does_not_depend_on_where_the_drafted_blocks_end(monkeypatch):
+    """HSD's blocks end where the drafts did (timing decides their length): the answer is judged word by
+    word as plain decoding streams it, so one block, a few, or a token at a time give the same answer.
+    Here the answer says something new before its figure, so it flows from there (as under plain
+    decoding), and a figure in the first new words is checked however they arrived."""
+    def answers(said: str, question: str, specific: list[str]) -> set[str]:
+        request = GenerationRequest(prompt=question, request_id="q", max_new_tokens=32, decoding_mode="ar")
+        words = said.split(" ")
+        seen = set()
+        for pieces in ([said], [" ".join(words[:3]), " " + " ".join(words[3:])], [w + " " for w in words[:-1]] + words[-1:]):
+            monkeypatch.setattr(pipeline, "generate", _model_saying(pieces))
+            streamed = []
+            outcome = pipeline.answer(request, _Target(), retrieve=_specs_retrieve(specific),
+                                      on_block=lambda ids, text: streamed.append(text))
+            assert "".join(streamed) == outcome.text
+            seen.add(outcome.text)
+        return seen
+    temperature = "What is the maximum operating temperature of the TurtleBot 4?"
+    specific = ["maximum", "oper", "temperatur"]
+    assert answers("It runs hot, at 2h 30m.", temperature, specific) == {"It runs hot, at 2h 30m. [features.md]"}
+    assert answers("The maximum operating temperature is 2h 30m.", temperature, specific) == {NOT_IN_DOCUMENTS}
 
 
 def test_a_later_part_given_the_figure_of_an_earlier_one_is_asked_alone(monkeypatch):

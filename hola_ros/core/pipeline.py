@@ -54,16 +54,18 @@ class RepetitionGuard:
 
 class HeldAnswer:
     """Streams a grounded answer once it says something: text is held back while it may still be
-    the bare refusal or repeats only the question's own words (complete words; the last one may
-    be unfinished), so an answer the pipeline replaces is never shown; any other flows on at once.
-    `check(text)`: what of the text so far the documents do not support (its figures and names,
-    `_support_check`); text with something unsupported is held, and `doubted` says the answer can
-    stop there (it stays unsupported)."""
+    the bare refusal or repeats only the question's own words, so an answer the pipeline replaces is
+    never shown; any other flows on at once. `check(text)`: what of the text the documents do not
+    support (its figures and names, `_support_check`): text with something unsupported is held, and
+    `doubted` says the answer can stop there. The text is judged word by word, as plain decoding
+    streams it (each complete word, in order, whatever block brought it): where a drafted block
+    happens to end never decides what is checked, so HSD and plain decoding give the same answer."""
 
     def __init__(self, emit: Callable[[list[int], str], None], question: str,
                  check: Callable[[str], list[str]] | None = None):
         self.emit, self.question, self.check = emit, question, check
         self.ids, self.text, self.holding, self.doubted = [], "", True, False
+        self.judged = 0  # how much of the text has been judged: up to the end of a complete word
 
     def feed(self, token_ids, text) -> None:
         if not self.holding:
@@ -71,8 +73,17 @@ class HeldAnswer:
             return
         self.ids += list(token_ids)
         self.text += text
-        complete = re.sub(r"\S*$", "", self.text)
-        if may_become_refusal(self.text) or not new_terms(complete, self.question):
+        start = self.judged
+        for word_end in re.finditer(r"\S\s", self.text[start:]):
+            if self.doubted:
+                return
+            self.judged = start + word_end.end()
+            self._judge(self.text[:self.judged])
+            if not self.holding:
+                return
+
+    def _judge(self, complete: str) -> None:
+        if may_become_refusal(complete) or not new_terms(complete, self.question):
             return
         if self.check is not None and self.check(complete):
             self.doubted = True
