@@ -86,3 +86,12 @@ def test_unknown_backend_and_bad_directory_are_refused(tmp_path):
         Embedder(backend="tensorflow")
     with pytest.raises(FileNotFoundError, match="not a sentence-transformers model directory"):
         Embedder(tmp_path)
+
+
+def test_the_packaged_model_keeps_its_name_in_another_environment(tmp_path):
+    """An index records the embedder's path; built from another checkout's venv, that path is another
+    copy of the same packaged model, and loading the index must still find the names equal."""
+    packaged = embedder_module.default_embedder_path().resolve()
+    elsewhere = tmp_path / "other-venv" / "site-packages" / packaged.parent.name / packaged.name
+    assert embedder_module.model_name(elsewhere) == embedder_module.DEFAULT_EMBEDDER
+    assert embedder_module.model_name(tmp_path / "my-finetuned-model") == "my-finetuned-model"
