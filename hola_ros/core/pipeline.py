@@ -17,7 +17,7 @@ from hola_ros.core.retrieval.prompting import (ANSWER_STOPS, NOT_IN_DOCUMENTS, a
                                                documents_unavailable_answer, echoes, follow_up_messages,
                                                is_bare_refusal, may_become_refusal, new_terms, repeats_figure,
                                                source_note, unknown_codes_answer)
-from hola_ros.core.retrieval.support import figures, names_check, unsupported_figures
+from hola_ros.core.retrieval.support import figures, figures_check, names_check
 from hola_ros.core.scheduler import Outcome
 from hola_ros.core.sessions import turn_messages
 
@@ -270,7 +270,8 @@ def _support_check(question: str, passages: list, evidence: dict) -> Callable[[s
     specific, unknown = evidence.get("specific_terms"), evidence.get("unknown_terms") or []
     if not specific:
         return names
-    return lambda text: unsupported_figures(text, question, passages, specific, unknown) or names(text)
+    said_figures = figures_check(question, passages, specific, unknown)
+    return lambda text: said_figures(text) or names(text)
 
 
 def _grounded(request: GenerationRequest, target, passages: list, evidence: dict, stats: dict, emit, run: dict):

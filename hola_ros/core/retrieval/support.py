@@ -75,23 +75,35 @@ def unsupported_figures(answer: str, question: str, passages, specific_terms, un
     passages that holds the most of them (or none). Terms the index does not know
     (`unknown_terms`: "voltage" where the documents write "48 V") cannot be held and do not count;
     a part asked in such words only leaves the answer unjudged (no figure is reported)."""
+    return figures_check(question, passages, specific_terms, unknown_terms)(answer)
+
+
+def figures_check(question: str, passages, specific_terms, unknown_terms=()) -> Callable[[str], list[str]]:
+    """unsupported_figures for one question and its passages, the passages read once (at the first
+    answer with a figure to judge): the pipeline judges a held answer word by word."""
     parts = [set(specific_terms) & set(lexical.terms(part)) for part in lexical.question_parts(question)]
     wanted = [w - set(unknown_terms) for w in parts if w]
     asked = set(figures(question))
-    said = [f for f in dict.fromkeys(figures(_SOURCE_TAG.sub(" ", answer))) if f not in asked]
-    if not said or not wanted or not all(wanted):  # a part asked only in words the index lacks: nothing to judge by
-        return []
-    units = list(_units(passages))
-    most = [max((len(_covered(t, w)) for t, _ in units), default=0) for w in wanted]
+    read: list = []  # [units, the most terms of each part any unit holds], once read
 
-    def stated(figure: str) -> bool:
-        for w, best in zip(wanted, most):
-            held = max((len(_covered(t, w)) for t, found in units if figure in found), default=0)
-            if held and (held >= SUPPORT_MIN * len(w) or held == best):
-                return True
-        return False
+    def unsupported(answer: str) -> list[str]:
+        said = [f for f in dict.fromkeys(figures(_SOURCE_TAG.sub(" ", answer))) if f not in asked]
+        if not said or not wanted or not all(wanted):  # a part asked only in words the index lacks: nothing to judge by
+            return []
+        if not read:
+            units = list(_units(passages))
+            read.extend([units, [max((len(_covered(t, w)) for t, _ in units), default=0) for w in wanted]])
+        units, most = read
+        return [f for f in said if not _stated(f, units, wanted, most)]
+    return unsupported
 
-    return [f for f in said if not stated(f)]
+
+def _stated(figure: str, units, wanted, most) -> bool:
+    for w, best in zip(wanted, most):
+        held = max((len(_covered(t, w)) for t, found in units if figure in found), default=0)
+        if held and (held >= SUPPORT_MIN * len(w) or held == best):
+            return True
+    return False
 
 
 def _folded(text: str) -> str:
