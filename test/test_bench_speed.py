@@ -62,9 +62,11 @@ def test_a_real_run_each_system_in_its_own_process(tiny_dir):
     tok = load_tokenizer(str(tiny_dir))
     prompts = {"passage": [chat_ids(tok, [{"role": "user", "content": "The robot picks up 3 red cups. " * 4}])],
                "gsm8k": [chat_ids(tok, [{"role": "user", "content": "How many wheels do 4 robots have?"}])]}
+    warm = [chat_ids(tok, [{"role": "user", "content": "How many wheels do 3 robots have?"}])]
     report = speed.run(str(tiny_dir), prompts, ["llamacpp", "ar", "hsd_l0"], max_new_tokens=12, threads=1,
-                       log=lambda m: None, ignore_eos=True)
+                       log=lambda m: None, ignore_eos=True, warm_prompts=warm)
     res = report["results"]
+    assert res["hsd_l0"]["warm_answers"] == 1 and res["ar"]["warm_answers"] == 0 and report["warm_answers"] == 1
     assert "is not a GGUF file" in res["llamacpp"]["error"]
     for system in ("ar", "hsd_l0"):
         assert [r["new_tokens"] for r in res[system]["runs"]] == [12, 12]  # equal token counts, EOS suppressed

@@ -335,3 +335,39 @@ def test_ignore_eos_masks_eos_for_fixed_length_runs(models):
     assert plain.stop_reason == "eos" and len(plain.token_ids) == 3
     assert forced["ar"].stats["new_tokens"] == 30 and ref[3] not in forced["ar"].token_ids
     assert forced["ar"].token_ids[:3] == ref[:3] and forced["hsd"].token_ids == forced["ar"].token_ids
+
+
+def test_level_0_drafts_from_earlier_answers_and_stays_exact(models):
+    """The answer history: what one request committed is copied into a later request's draft (orders
+    negative), runs stop at an answer's end, and greedy HSD still equals AR with it shared by all."""
+    d = LocalDrafter(ngram=True, history_tokens=1000)
+    d.open("a", [1, 2, 3])
+    d.propose("a", [50, 60, 70, 80], 0)
+    d.close("a")
+    d.open("b", [9, 9, 50, 60])  # ends in a bigram the earlier answer wrote
+    prop = d.propose("b", [], 5)
+    assert prop.tokens == [70, 80] and d.requests["b"].sources == [("l0", -2), ("l0", -2)]
+    d.close("b")
+    off = LocalDrafter(ngram=True, history_tokens=0)
+    off.open("b", [9, 9, 50, 60])
+    assert off.propose("b", [], 5).tokens == [] and off.history is None
+    for m in models:
+        shared = LocalDrafter(ngram=True, min_ngram=1)
+        for p in prompts(4, seed=11) + prompts(4, seed=11):  # the second round finds its own answers
+            ref = ar(m, p)
+            assert generate(m, p, GenerationConfig(mode="hsd", max_new_tokens=40), drafter=shared).token_ids == ref.token_ids
+        assert shared.history.held > 0
+
+
+def test_the_answer_history_forgets_its_older_half_when_full():
+    from hola_ros.core.drafters import AnswerHistory
+
+    h = AnswerHistory(max_tokens=10, max_n=2, min_n=2)
+    h.add([1, 2, 3, 4])
+    h.add([5, 6, 7, 8])
+    assert h.index._match([1, 2])[1] == 2 and h.held == 8
+    h.add([11, 12, 13, 14])  # 12 > 10: keep the newest answers within half the budget
+    assert h.held <= 10 and h.index._match([1, 2]) == (None, 0)
+    assert h.index.run(h.index._match([12, 13])[0], 5) == [14]  # stops at the answer's end
+    h.add(list(range(100, 130)))  # one answer over the budget keeps its last max_tokens tokens
+    assert list(h.answers) == [list(range(120, 130))] and h.held == 10

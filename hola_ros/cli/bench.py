@@ -35,6 +35,10 @@ def register(subparsers) -> None:
                         "with the one before)")
     p.add_argument("--gsm8k", default=str(gsm8k_train()))
     p.add_argument("--kb", default=None, help="folder of passages (default: the packaged demo knowledge base)")
+    p.add_argument("--warm-answers", type=int, default=0,
+                   help="before the timed prompts, each HSD system answers this many GSM8K-train questions (the ones "
+                        "before the gsm8k set's, untimed), so its level 0 holds earlier answers as a drafter node that "
+                        "has served requests does (answer_history_tokens); 0: it starts with none")
     p.add_argument("--systems", default=None,
                    help=f"comma list from: {', '.join(SYSTEMS)} (default: {', '.join(DEFAULT_SYSTEMS)}, "
                         "plus hsd_l1,hsd_l0_l1 with --l1)")
@@ -72,9 +76,14 @@ def run(args: argparse.Namespace) -> int:
     questions = Path(args.kb_questions) if args.kb_questions else require_package_file("data/kb_eval/questions.jsonl")
     prompts = speed.prompt_sets(load_tokenizer(spec), Path(args.kb) if args.kb else demo_kb_dir(), Path(args.gsm8k),
                                 args.n_passage, args.n_gsm8k, args.n_grounded, questions)
+    if args.warm_answers < 0:
+        print("error: --warm-answers must be >= 0", file=sys.stderr)
+        return 2
+    warm = speed.warm_prompts(load_tokenizer(spec), Path(args.gsm8k), args.n_gsm8k, args.warm_answers)
     report = speed.run(spec, prompts, systems, args.max_new_tokens, args.threads, l1=args.l1,
                        curve=not args.no_curve, log=lambda m: print(m, file=sys.stderr, flush=True),
-                       ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache, lobi=args.lobi)
+                       ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache, lobi=args.lobi,
+                       warm_prompts=warm)
     report["command"] = "hola-ros bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     out = Path(args.out or f"results/bench-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

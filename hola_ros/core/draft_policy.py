@@ -16,8 +16,8 @@ the most committed tokens per second:
 
 Costs: the target's and level 1's one-row step times (the verifier reports its measured one each
 block) times each engine's measured rows curve (engines.characterize). Acceptance: decayed counts of
-what the target accepted, per source (n-gram order, level-1 confidence band, level-1-confirmed
-copy). Without the target's costs (a drafter on an old verifier) the plain staged rule applies: the
+what the target accepted, per source (n-gram order, negative for a match in earlier answers; level-1
+confidence band; level-1-confirmed copy). Without the target's costs (a drafter on an old verifier) the plain staged rule applies: the
 whole copy, and level 1 only when level 0 has nothing.
 """
 from __future__ import annotations
@@ -84,6 +84,7 @@ class DraftPolicy:
         """target, l1: the two engines' step costs (None: unknown); with_l1: a level-1 model exists."""
         self.target, self.l1, self.with_l1 = target, l1, with_l1 or l1 is not None
         self.ngram = {n: Rate(0.3 + 0.1 * n) for n in range(1, max_order + 1)}
+        self.ngram.update({-n: Rate(0.2 + 0.1 * n) for n in range(1, max_order + 1)})  # matches in earlier answers
         self.bands = [Rate(p) for p in (0.2, 0.4, 0.6, 0.8, 0.95)]
         self.l1_rate, self.agree, self.confirmed = Rate(0.7), Rate(0.6), Rate(0.8)
         self.idle = 0  # steps since level 1 last drafted

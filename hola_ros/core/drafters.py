@@ -2,6 +2,7 @@
 the target's tokenizer. Implements protocol.Drafter with per-request state."""
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ class NgramIndex:
     def extend(self, tokens: list[int]) -> None:
         for tok in tokens:
             end = len(self.tokens)  # the n-grams ending here get `tok` as known continuation
-            for n in range(self.min_n, min(self.max_n, end) + 1):
+            for n in range(self.min_n, min(self.max_n, end) + 1) if tok != BOUNDARY else ():
                 self.next_pos[tuple(self.tokens[end - n:end])] = end
             self.tokens.append(tok)
 
@@ -43,18 +44,70 @@ class NgramIndex:
                 return pos, n
         return None, 0
 
-    def propose(self, k: int) -> tuple[list[int], list[int]]:
-        """Up to k copied tokens, and the order of the n-gram match each one was copied after."""
+    def run(self, pos: int, n: int) -> list[int]:
+        """Up to n known tokens from `pos`, stopping at an answer boundary (AnswerHistory)."""
+        run = self.tokens[pos:pos + n]
+        return run[:run.index(BOUNDARY)] if BOUNDARY in run else run
+
+    def propose(self, k: int, history: AnswerHistory | None = None) -> tuple[list[int], list[int]]:
+        """Up to k copied tokens, and the order of the n-gram match each one was copied after:
+        negative where the copy came from `history` (a longer match there wins over this context's)."""
         out: list[int] = []
         orders: list[int] = []
         while len(out) < k:
-            pos, order = self._match(self.tokens[-self.max_n:] + out)
-            run = self.tokens[pos:pos + k - len(out)] if pos is not None else []
+            seq = self.tokens[-self.max_n:] + out
+            pos, order = self._match(seq)
+            source = self
+            if history is not None:
+                hpos, horder = history.index._match(seq)
+                if horder > order:
+                    source, pos, order = history.index, hpos, -horder
+            run = source.run(pos, k - len(out)) if pos is not None else []
             if not run:
                 break
             out.extend(run)
             orders.extend([order] * len(run))
         return out[:k], orders[:k]
+
+
+BOUNDARY = -1  # between two answers in AnswerHistory: no copy runs across it
+
+
+class AnswerHistory:
+    """Level 0's memory of earlier answers: the n-grams of what this process's requests committed, so
+    a phrase the model wrote before ("we need to", a unit, a file name, an answer's closing line) is
+    drafted again in a later answer, as llama.cpp's lookup decoding does with its dynamic n-gram cache.
+    Bounded: past `max_tokens`, the older half of the answers is forgotten."""
+
+    def __init__(self, max_tokens: int = 20000, max_n: int = 4, min_n: int = 2):
+        self.max_tokens, self.max_n, self.min_n = max_tokens, max_n, min_n
+        self.answers: collections.deque[list[int]] = collections.deque()
+        self.held = 0
+        self.index = NgramIndex(max_n, min_n)
+
+    def clear(self) -> None:
+        self.answers.clear()
+        self.held = 0
+        self.index = NgramIndex(self.max_n, self.min_n)
+
+    def add(self, tokens: list[int]) -> None:
+        if len(tokens) <= self.min_n or self.max_tokens <= 0:
+            return
+        tokens = list(tokens[-self.max_tokens:])
+        self.answers.append(tokens)
+        self.held += len(tokens)
+        if self.held <= self.max_tokens:
+            self.index.extend(tokens + [BOUNDARY])
+            return
+        kept, total = [], 0
+        while self.answers and (not kept or total + len(self.answers[-1]) <= self.max_tokens // 2):
+            kept.insert(0, self.answers.pop())
+            total += len(kept[0])
+        self.clear()
+        for answer in kept:
+            self.answers.append(answer)
+            self.held += len(answer)
+            self.index.extend(answer + [BOUNDARY])
 
 
 class ModelDraftState:
@@ -97,6 +150,7 @@ class _Request:
     ngram: NgramIndex | None
     model: ModelDraftState | None
     policy: DraftPolicy
+    prompt_len: int = 0
     context: list[int] = field(default_factory=list)
     proposed: list[int] = field(default_factory=list)  # the last proposal, and each token's source
     sources: list[tuple] = field(default_factory=list)
@@ -114,11 +168,12 @@ class LocalDrafter:
     """
 
     def __init__(self, ngram: bool = True, model=None, max_ngram: int = 4, min_ngram: int = 1,
-                 min_confidence: float = 0.4):
+                 min_confidence: float = 0.4, history_tokens: int = 20000):
         if not ngram and model is None:
             raise ValueError("LocalDrafter needs at least one level (ngram=True or a model)")
         self.use_ngram, self.model = ngram, model
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.history = AnswerHistory(history_tokens, max_ngram) if ngram and history_tokens > 0 else None
         self.min_confidence = min_confidence
         self.requests: dict[str, _Request] = {}
 
@@ -133,7 +188,7 @@ class LocalDrafter:
             ngram.extend(prompt_ids)
         model = ModelDraftState(self.model.new_session()) if self.model is not None else None
         self.requests[request_id] = _Request(ngram=ngram, model=model, context=list(prompt_ids),
-                                             policy=self._policy(target))
+                                             prompt_len=len(prompt_ids), policy=self._policy(target))
 
     def _policy(self, target: TargetCost | None) -> DraftPolicy:
         l1 = None
@@ -145,6 +200,8 @@ class LocalDrafter:
 
     def close(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
+        if req is not None and self.history is not None:
+            self.history.add(req.context[req.prompt_len:])
         if req is not None and req.model is not None:
             req.model.session.close()
 
@@ -161,7 +218,7 @@ class LocalDrafter:
         req.context.extend(accepted_delta)
         if req.ngram is not None:
             req.ngram.extend(accepted_delta)
-        copy, orders = req.ngram.propose(max_tokens) if req.ngram is not None and max_tokens > 0 else ([], [])
+        copy, orders = req.ngram.propose(max_tokens, self.history) if req.ngram is not None and max_tokens > 0 else ([], [])
         l0_s = time.perf_counter() - t0
         tokens, sources, entropies = [], [], []
         if max_tokens > 0:

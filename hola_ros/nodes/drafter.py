@@ -1,4 +1,4 @@
-"""Drafter node: HSD levels 0 (n-gram over prompt + passages + output) and 1 (a cheap model with
+"""Drafter node: HSD levels 0 (n-gram over prompt + passages + output, and earlier answers) and 1 (a cheap model with
 the target's tokenizer) behind hola/draft. State is per request id, freed on CLOSE, and the
 oldest open requests are evicted beyond max_open_requests (a verifier that died never closes)."""
 import collections
@@ -17,6 +17,9 @@ from hola_ros.srv import Draft
 PARAMS = {
     "ngram": Param(True, "level 0: n-gram / prompt-lookup drafts over prompt, passages and output",
                    applies=ACTIVATION),
+    "answer_history_tokens": Param(20000, "level 0 also copies from the n-grams of earlier answers: the tokens of "
+                                   "them it keeps (the older half dropped when full); 0: off",
+                                   range=(0, 1000000), applies=ACTIVATION),
     "l1_model": Param("", "level 1: a model with the target's tokenizer (packaged name, Hugging Face directory, "
                       ".gguf) or a Lo-Bi artifact directory; empty: off", applies=ACTIVATION),
     "backend": Param("auto", "engine of the level-1 model: auto (onnxruntime for GGUFs), onnxruntime, torch, "
@@ -44,7 +47,8 @@ class DrafterNode(HolaNode):
         spec = self.param("l1_model")
         model = load_engine(spec, backend=self.param("backend"), dtype=self.param("dtype"), threads=self.param("threads"),
                             device=self.param("device"), drafter=True) if spec else None
-        self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model)
+        self._drafter = LocalDrafter(ngram=self.param("ngram"), model=model,
+                                     history_tokens=self.param("answer_history_tokens"))
         self._srv = self.create_service(Draft, DRAFT, self._on_draft,
                                         callback_group=MutuallyExclusiveCallbackGroup())
 

@@ -66,6 +66,16 @@ def prompt_sets(tokenizer, kb_dir: Path, gsm8k: Path, n_passage: int, n_gsm8k: i
     return {name: prompts for name, prompts in sets.items() if prompts}
 
 
+def warm_prompts(tokenizer, gsm8k: Path, n_gsm8k: int, n_warm: int) -> list[list[int]]:
+    """The n_warm GSM8K-train questions just before the gsm8k set's (never one of the measured ones)."""
+    from hola_ros.core.models import chat_ids
+
+    lines = gsm8k.read_text(encoding="utf-8").splitlines()
+    end = len(lines) - n_gsm8k
+    return [chat_ids(tokenizer, [{"role": "user", "content": json.loads(line)["question"] + " Think step by step."}])
+            for line in lines[max(end - n_warm, 0):end]] if n_warm > 0 else []
+
+
 def grounded_messages(kb_questions: Path, n: int) -> list[list[dict]]:
     """The graph's grounded chat for the first n answerable held-out questions of the knowledge-base
     dev set: retrieval over the demo knowledge base (single shot, GROUNDED_BUDGET tokens)."""
@@ -80,7 +90,9 @@ def grounded_messages(kb_questions: Path, n: int) -> list[list[dict]]:
 
 # -- one system, in a child process ------------------------------------------------------------
 def _runner(args: dict):
-    """(decode(prompt, n) -> (tokens, stats), curve(prompt) -> {B: seconds}, model) for a system."""
+    """(decode(prompt, n) -> (tokens, stats), curve(prompt) -> {B: seconds}, model, drafter) for a system:
+    an HSD system keeps one drafter for all its prompts, as the drafter node does (its level 0 keeps
+    the answers it committed, AnswerHistory)."""
     system, spec, threads = args["system"], args["spec"], args["threads"]
     ignore_eos, reuse = args.get("ignore_eos", False), args.get("prefix_cache", True)
     if system == "llamacpp":
@@ -89,9 +101,9 @@ def _runner(args: dict):
 
         peer = LlamaCpp(str(gguf_file(spec)), threads=threads)
         decode = lambda ids, n: peer.greedy(ids, n, ignore_eos=ignore_eos, reuse_prefix=reuse)  # noqa: E731
-        return decode, lambda ids: _curve_llamacpp(peer, ids), peer
+        return decode, lambda ids: _curve_llamacpp(peer, ids), peer, None
     if system == "hf_generate":
-        return _hf_runner(spec, threads, ignore_eos)
+        return (*_hf_runner(spec, threads, ignore_eos), None)
     from hola_ros.core.drafters import LocalDrafter
     from hola_ros.core.engines import load_engine, load_l1
     from hola_ros.core.hsd import GenerationConfig, generate
@@ -106,13 +118,14 @@ def _runner(args: dict):
         raise ValueError(f"{system} needs --l1")
     cache = PromptCache(target) if reuse else None
 
+    drafter = None if mode == "ar" else LocalDrafter(ngram=mode != "hsd_l1", model=l1_model)
+
     def decode(ids, n):
-        drafter = None if mode == "ar" else LocalDrafter(ngram=mode != "hsd_l1", model=l1_model)
         res = generate(target, ids, GenerationConfig(mode="ar" if mode == "ar" else "hsd", max_new_tokens=n,
                                                      ignore_eos=ignore_eos), drafter=drafter, cache=cache)
         return res.token_ids, res.stats
 
-    return decode, lambda ids: _curve_engine(target, ids), target
+    return decode, lambda ids: _curve_engine(target, ids), target, drafter
 
 
 def _hf_runner(spec: str, threads: int, ignore_eos: bool):
@@ -196,11 +209,16 @@ def _timed_run(decode, set_name: str, i: int, ids: list[int], n: int) -> dict:
 def measure(args: dict) -> dict:
     """Run one system over every prompt (this is the child process's work)."""
     t0 = time.perf_counter()
-    decode, curve, model = _runner(args)
+    decode, curve, model, drafter = _runner(args)
     load_s = time.perf_counter() - t0
     sets, n = args["prompts"], args["max_new_tokens"]
     first = next(p for prompts in sets.values() for p in prompts)
     decode(first[:32], 8)  # warm-up: one-off allocations and kernel selection
+    warm = args.get("warm_prompts") or [] if drafter is not None and drafter.history is not None else []
+    if drafter is not None and drafter.history is not None:
+        drafter.history.clear()  # level 0 starts from no earlier answer but the warm-up set's, if any
+    for ids in warm:
+        decode(ids, n)
     runs = []
     for set_name, prompts in sets.items():
         for i, ids in enumerate(prompts):
@@ -212,7 +230,7 @@ def measure(args: dict) -> dict:
             print(f"{args['system']:10s} {set_name}[{i}] {run['new_tokens']} tokens, TTFT {run['ttft_s']:.2f} s, "
                   f"{run['new_tokens'] / run['seconds']:7.2f} tok/s", file=sys.stderr, flush=True)
     info = getattr(model, "info", {})
-    result = {"system": args["system"], "load_s": load_s, "runs": runs, "row_invariant": info.get("row_invariant"),
+    result = {"system": args["system"], "load_s": load_s, "warm_answers": len(warm), "runs": runs, "row_invariant": info.get("row_invariant"),
               "backend": info.get("backend", args["system"]), "weights_bytes": info.get("weights_bytes")}
     if args.get("curve") and curve is not None:
         result["curve_s"] = curve(first[:120] if len(first) >= 120 else first)
@@ -242,11 +260,13 @@ def spawn(args: dict, log=print) -> dict:
 
 def run(spec: str, prompts: dict, systems: list[str], max_new_tokens: int, threads: int, l1: str | None = None,
         curve: bool = True, log=print, ignore_eos: bool = False, prefix_cache: bool = True,
-        lobi: str | None = None) -> dict:
-    """Every system on the same prompts; llama.cpp first, so its tokens are the reference."""
+        lobi: str | None = None, warm_prompts: list[list[int]] | None = None) -> dict:
+    """Every system on the same prompts; llama.cpp first, so its tokens are the reference.
+    `warm_prompts`: answered (untimed) by each HSD system before the timed prompts, so its level 0
+    holds their answers as a drafter node that has served them does."""
     results = {}
     common = dict(spec=spec, l1=l1, lobi=lobi, prompts=prompts, max_new_tokens=max_new_tokens, threads=threads,
-                  curve=curve, ignore_eos=ignore_eos, prefix_cache=prefix_cache)
+                  curve=curve, ignore_eos=ignore_eos, prefix_cache=prefix_cache, warm_prompts=warm_prompts or [])
     order = sorted(systems, key=lambda s: (s != "llamacpp", s != "ar"))
     reference = None
     for system in order:
@@ -256,6 +276,7 @@ def run(spec: str, prompts: dict, systems: list[str], max_new_tokens: int, threa
         if system == "llamacpp" and "runs" in results[system]:
             reference = {s: [r["tokens"] for r in results[system]["runs"] if r["set"] == s] for s in prompts}
     return {"spec": spec, "l1": l1, "lobi": lobi, "max_new_tokens": max_new_tokens, "threads": threads, "ignore_eos": ignore_eos,
+            "warm_answers": len(warm_prompts or []),
             "prefix_cache": prefix_cache, "cpus": os.cpu_count(), "cpu": _cpu_name(),
             "load_avg_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "prompt_tokens": {s: [len(p) for p in ps] for s, ps in prompts.items()},
@@ -351,7 +372,8 @@ def markdown(report: dict) -> str:
     lines = [f"`{report['spec']}`" + (f", L1 `{report['l1']}`" if report["l1"] else "") +
              (f", Lo-Bi engine `{report['lobi']}`" if report.get("lobi") else "") +
              f": greedy, at most {report['max_new_tokens']} new tokens ({eos}), {report['threads']} threads, {cache}, "
-             f"each system in its own process; medians over the prompts of a set; {report.get('cpu', '')}; load "
+             f"each system in its own process; medians over the prompts of a set; "
+             f"level 0 warmed with {report.get('warm_answers', 0)} earlier answers; {report.get('cpu', '')}; load "
              f"average at the end {', '.join(f'{x:.1f}' for x in report['load_avg_end'])} ({report['time']}).", "",
              "| set | system | decode tok/s | x llama.cpp | x AR | TTFT s | TTFT x llama.cpp | e2e tok/s | "
              "x llama.cpp | new tokens | accept | tok/pass | levels: accepted/proposed, time | =AR | peak RSS MB |"
