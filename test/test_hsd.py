@@ -371,3 +371,12 @@ def test_the_answer_history_forgets_its_older_half_when_full():
     assert h.index.run(h.index._match([12, 13])[0], 5) == [14]  # stops at the answer's end
     h.add(list(range(100, 130)))  # one answer over the budget keeps its last max_tokens tokens
     assert list(h.answers) == [list(range(120, 130))] and h.held == 10
+
+
+def test_this_requests_own_context_comes_before_earlier_answers():
+    d = LocalDrafter(ngram=True, history_tokens=1000)
+    d.open("a", [1])
+    d.propose("a", [40, 50, 60, 71, 72], 0)
+    d.close("a")
+    d.open("b", [50, 60, 99, 7, 40, 50, 60])  # "50 60" continues with 99 here, with 71 in the earlier answer
+    assert d.propose("b", [], 1).tokens == [99] and d.requests["b"].sources == [("l0", 2)]

@@ -51,14 +51,15 @@ class NgramIndex:
 
     def propose(self, k: int, history: AnswerHistory | None = None) -> tuple[list[int], list[int]]:
         """Up to k copied tokens, and the order of the n-gram match each one was copied after:
-        negative where the copy came from `history` (a longer match there wins over this context's)."""
+        negative where the copy came from `history`, which is consulted only where this context has no
+        match of history's shortest order (this request's own prompt and passages come first)."""
         out: list[int] = []
         orders: list[int] = []
         while len(out) < k:
             seq = self.tokens[-self.max_n:] + out
             pos, order = self._match(seq)
             source = self
-            if history is not None:
+            if history is not None and order < history.min_n:
                 hpos, horder = history.index._match(seq)
                 if horder > order:
                     source, pos, order = history.index, hpos, -horder
