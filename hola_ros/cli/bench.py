@@ -74,12 +74,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     spec = args.model or DEFAULT_MODEL
     questions = Path(args.kb_questions) if args.kb_questions else require_package_file("data/kb_eval/questions.jsonl")
-    prompts = speed.prompt_sets(load_tokenizer(spec), Path(args.kb) if args.kb else demo_kb_dir(), Path(args.gsm8k),
-                                args.n_passage, args.n_gsm8k, args.n_grounded, questions)
     if args.warm_answers < 0:
         print("error: --warm-answers must be >= 0", file=sys.stderr)
         return 2
-    warm = speed.warm_prompts(load_tokenizer(spec), Path(args.gsm8k), args.n_gsm8k, args.warm_answers)
+    tokenizer = load_tokenizer(spec)
+    prompts = speed.prompt_sets(tokenizer, Path(args.kb) if args.kb else demo_kb_dir(), Path(args.gsm8k),
+                                args.n_passage, args.n_gsm8k, args.n_grounded, questions)
+    warm = speed.gsm8k_prompts(tokenizer, Path(args.gsm8k), args.warm_answers, skip_last=args.n_gsm8k)
     report = speed.run(spec, prompts, systems, args.max_new_tokens, args.threads, l1=args.l1,
                        curve=not args.no_curve, log=lambda m: print(m, file=sys.stderr, flush=True),
                        ignore_eos=args.ignore_eos, prefix_cache=not args.no_prefix_cache, lobi=args.lobi,

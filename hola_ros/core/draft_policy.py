@@ -17,8 +17,8 @@ the most committed tokens per second:
 Costs: the target's and level 1's one-row step times (the verifier reports its measured one each
 block) times each engine's measured rows curve (engines.characterize). Acceptance: decayed counts of
 what the target accepted, per source (n-gram order, negative for a match in earlier answers; level-1
-confidence band; level-1-confirmed copy). Without the target's costs (a drafter on an old verifier) the plain staged rule applies: the
-whole copy, and level 1 only when level 0 has nothing.
+confidence band; level-1-confirmed copy). Without the target's costs (a drafter on an old verifier) the
+plain staged rule applies: the whole copy, and level 1 only when level 0 has nothing.
 """
 from __future__ import annotations
 

@@ -95,20 +95,20 @@ class AnswerHistory:
         if len(tokens) <= self.min_n or self.max_tokens <= 0:
             return
         tokens = list(tokens[-self.max_tokens:])
+        if self.held + len(tokens) > self.max_tokens:
+            kept, total = [], len(tokens)  # the newest answers within half the budget, with this one
+            while self.answers and total + len(self.answers[-1]) <= self.max_tokens // 2:
+                kept.insert(0, self.answers.pop())
+                total += len(kept[0])
+            self.clear()
+            for answer in kept:
+                self._keep(answer)
+        self._keep(tokens)
+
+    def _keep(self, tokens: list[int]) -> None:
         self.answers.append(tokens)
         self.held += len(tokens)
-        if self.held <= self.max_tokens:
-            self.index.extend(tokens + [BOUNDARY])
-            return
-        kept, total = [], 0
-        while self.answers and (not kept or total + len(self.answers[-1]) <= self.max_tokens // 2):
-            kept.insert(0, self.answers.pop())
-            total += len(kept[0])
-        self.clear()
-        for answer in kept:
-            self.answers.append(answer)
-            self.held += len(answer)
-            self.index.extend(answer + [BOUNDARY])
+        self.index.extend(tokens + [BOUNDARY])
 
 
 class ModelDraftState:

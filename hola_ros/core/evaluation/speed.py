@@ -59,21 +59,19 @@ def prompt_sets(tokenizer, kb_dir: Path, gsm8k: Path, n_passage: int, n_gsm8k: i
             {"role": "user", "content": f"Passage:\n{(kb_dir / name).read_text()}\n\nQuestion: {question}"}]))
     if n_grounded:
         sets["grounded"] = [chat_ids(tokenizer, m) for m in grounded_messages(kb_questions, n_grounded)]
-    lines = gsm8k.read_text(encoding="utf-8").splitlines()
-    for line in lines[len(lines) - n_gsm8k:] if n_gsm8k else []:
-        question = json.loads(line)["question"]
-        sets["gsm8k"].append(chat_ids(tokenizer, [{"role": "user", "content": question + " Think step by step."}]))
+    sets["gsm8k"] = gsm8k_prompts(tokenizer, gsm8k, n_gsm8k)
     return {name: prompts for name, prompts in sets.items() if prompts}
 
 
-def warm_prompts(tokenizer, gsm8k: Path, n_gsm8k: int, n_warm: int) -> list[list[int]]:
-    """The n_warm GSM8K-train questions just before the gsm8k set's (never one of the measured ones)."""
+def gsm8k_prompts(tokenizer, gsm8k: Path, n: int, skip_last: int = 0) -> list[list[int]]:
+    """The n GSM8K-train questions before the file's last `skip_last` ones, as chat prompts: the gsm8k
+    set (skip_last 0), or the warm-up answers just before it (skip_last = the set's size)."""
     from hola_ros.core.models import chat_ids
 
     lines = gsm8k.read_text(encoding="utf-8").splitlines()
-    end = len(lines) - n_gsm8k
+    end = len(lines) - skip_last
     return [chat_ids(tokenizer, [{"role": "user", "content": json.loads(line)["question"] + " Think step by step."}])
-            for line in lines[max(end - n_warm, 0):end]] if n_warm > 0 else []
+            for line in lines[max(end - n, 0):end]] if n > 0 else []
 
 
 def grounded_messages(kb_questions: Path, n: int) -> list[list[dict]]:
@@ -214,9 +212,10 @@ def measure(args: dict) -> dict:
     sets, n = args["prompts"], args["max_new_tokens"]
     first = next(p for prompts in sets.values() for p in prompts)
     decode(first[:32], 8)  # warm-up: one-off allocations and kernel selection
-    warm = args.get("warm_prompts") or [] if drafter is not None and drafter.history is not None else []
-    if drafter is not None and drafter.history is not None:
-        drafter.history.clear()  # level 0 starts from no earlier answer but the warm-up set's, if any
+    history = drafter.history if drafter is not None else None
+    warm = (args.get("warm_prompts") or []) if history is not None else []
+    if history is not None:
+        history.clear()  # level 0 starts from no earlier answer but the warm-up set's, if any
     for ids in warm:
         decode(ids, n)
     runs = []
